@@ -1,0 +1,134 @@
+"""Tuning: apply the spec's sysctls, read them back, and record the ARP cache overflow counters.
+
+The neighbour-table thresholds (``net.ipv4.neigh.default.gc_thresh1/2/3``) and
+``/proc/net/stat/arp_cache`` exist once per kernel. Where all nodes share one kernel (the lab),
+the provider says so and those keys are set once on the host; everything else is per node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+from pathlib import Path
+
+from swarmlab.cluster import Cluster
+from swarmlab.phases import PhaseFailed
+from swarmlab.spec import KERNEL_WIDE_SYSCTL_PREFIXES, TuningSpec
+
+log = logging.getLogger(__name__)
+
+PERSIST_FILE = "/etc/sysctl.d/60-swarmlab.conf"
+
+
+def parse_arp_cache(text: str) -> dict[str, int]:
+    """Sum the per-CPU hexadecimal counters of ``/proc/net/stat/arp_cache`` by column name."""
+    lines = [line.split() for line in text.strip().splitlines()]
+    if len(lines) < 2:
+        return {}
+    header = lines[0]
+    totals = dict.fromkeys(header, 0)
+    for row in lines[1:]:
+        for name, value in zip(header, row, strict=False):
+            totals[name] += int(value, 16)
+    # `entries` is a table-wide gauge repeated on every CPU line, not a per-CPU counter.
+    if "entries" in totals and len(lines) > 1:
+        totals["entries"] = int(lines[1][header.index("entries")], 16)
+    return totals
+
+
+def node_script(sysctls: dict[str, str], persist: bool) -> str:
+    """A shell script that prints one JSON line per key with the before and after value."""
+    lines = ["set -u"]
+    for key, value in sysctls.items():
+        k, v = shlex.quote(key), shlex.quote(str(value))
+        lines.append(
+            f"b=$(sysctl -n {k} 2>&1 | tr -s '\\t ' ' '); sysctl -q -w {k}={v} >/dev/null 2>&1; rc=$?; "
+            f"a=$(sysctl -n {k} 2>&1 | tr -s '\\t ' ' '); "
+            f"printf '{{\"key\": \"%s\", \"before\": \"%s\", \"after\": \"%s\", \"rc\": %d}}\\n' {k} \"$b\" \"$a\" $rc"
+        )
+    if persist and sysctls:
+        body = "\\n".join(f"{key} = {value}" for key, value in sysctls.items())
+        lines.append(f"printf '{body}\\n' > {PERSIST_FILE}")
+    lines.append("echo ARP; cat /proc/net/stat/arp_cache 2>/dev/null || true")
+    return "\n".join(lines)
+
+
+def _normalise(value) -> str:
+    return " ".join(str(value).split())
+
+
+def apply_tuning(cluster: Cluster, spec: TuningSpec, host_tuner=None) -> dict:
+    """Apply the sysctls on every node (kernel-wide ones through ``host_tuner`` when it is given).
+
+    ``host_tuner`` is the provider's hook for a shared kernel: ``host_tuner(values) -> before``.
+    """
+    started = time.monotonic()
+    wanted = {key: _normalise(value) for key, value in spec.sysctls.items()}
+    kernel_wide = {k: v for k, v in wanted.items() if k.startswith(KERNEL_WIDE_SYSCTL_PREFIXES)}
+    per_node = dict(wanted)
+    host: dict = {}
+    if host_tuner is not None and kernel_wide:
+        arp_before = read_host_arp_cache()
+        before = host_tuner(kernel_wide)
+        after = {key: _normalise(Path("/proc/sys", *key.split(".")).read_text()) for key in kernel_wide}
+        host = {
+            "values": {key: {"before": before[key], "after": after[key]} for key in kernel_wide},
+            "arp_cache_before": arp_before,
+            "arp_cache_after": read_host_arp_cache(),
+        }
+        per_node = {k: v for k, v in wanted.items() if k not in kernel_wide}
+        log.info("tuning: %d kernel-wide sysctls set once on the shared host kernel", len(kernel_wide))
+
+    persist = spec.persist and host_tuner is None
+    script = node_script(per_node, persist)
+    fan_out = cluster.ssh.run_many(cluster.inventory.nodes, f"sh -c {shlex.quote(script)}", timeout=60)
+    nodes: dict[str, dict] = {}
+    mismatches: list[str] = []
+    for node in cluster.inventory.nodes:
+        outcome = fan_out.results.get(node.name)
+        if not hasattr(outcome, "stdout"):
+            continue
+        values, arp_text = {}, ""
+        body, _, arp_text = outcome.stdout.partition("ARP\n")
+        for line in body.splitlines():
+            if line.startswith("{"):
+                item = json.loads(line)
+                values[item["key"]] = {"before": item["before"], "after": item["after"], "rc": item["rc"]}
+                if _normalise(item["after"]) != per_node[item["key"]]:
+                    wanted_value = per_node[item["key"]]
+                    mismatches.append(f"{node.name}: {item['key']} is {item['after']!r}, wanted {wanted_value!r}")
+        nodes[node.name] = {"values": values, "arp_cache": parse_arp_cache(arp_text) if arp_text.strip() else None}
+
+    failed = {name: str(err) for name, err in fan_out.failed.items()}
+    log.info("tuning: %d/%d nodes tuned, %d failed, %d values not applied; %.1fs wall, %.2fs client CPU",
+             len(fan_out.succeeded), len(cluster.inventory.nodes), len(failed), len(mismatches),
+             fan_out.seconds, fan_out.client_cpu_seconds)
+    result = {
+        "status": "completed",
+        "seconds": round(time.monotonic() - started, 3),
+        "kernel_wide_on_host": bool(host),
+        "host": host,
+        "nodes": nodes,
+        "failed": failed,
+        "mismatches": mismatches,
+        "persisted": persist,
+        "fan_out_seconds": round(fan_out.seconds, 3),
+        "fan_out_client_cpu_seconds": round(fan_out.client_cpu_seconds, 3),
+    }
+    if failed or mismatches:
+        result["status"] = "failed"
+        raise PhaseFailed(
+            f"tuning: {len(failed)} nodes failed and {len(mismatches)} values were not applied: "
+            f"{(list(failed.items()) + mismatches)[:3]}; check tuning.sysctls",
+            result,
+        )
+    return result
+
+
+def read_host_arp_cache() -> dict[str, int] | None:
+    path = Path("/proc/net/stat/arp_cache")
+    return parse_arp_cache(path.read_text()) if path.exists() else None
+
+

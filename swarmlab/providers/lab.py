@@ -1,0 +1,70 @@
+"""The ``lab`` provider: nodes are real dockerd+sshd namespaces on this machine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from swarmlab.inventory import Inventory, node_name
+from swarmlab.lab import Lab, NodePlan
+from swarmlab.providers.base import ProvisionResult
+from swarmlab.spec import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+
+class LabProvider:
+    kind = "lab"
+
+    def __init__(self, spec: ExperimentSpec, extra_images=()):
+        self.spec = spec
+        self.lab = Lab(spec.provider.lab)
+        self.extra_images = tuple(extra_images)
+
+    @property
+    def ssh_identity(self) -> Path:
+        return self.lab.client_key
+
+    def plans(self) -> list[NodePlan]:
+        plans = [NodePlan(node_name(self.spec.name, "manager", i), "manager", i, i - 1)
+                 for i in range(1, self.spec.managers.count + 1)]
+        offset = self.spec.managers.count
+        plans += [NodePlan(node_name(self.spec.name, "worker", i), "worker", i, offset + i - 1)
+                  for i in range(1, self.spec.workers.count + 1)]
+        return plans
+
+    def list_nodes(self, run_id: str) -> Inventory:
+        states = [s for s in self.lab.states() if s.run_id == run_id and self.lab.is_running(s.name)]
+        order = {"manager": 0, "worker": 1}
+        states.sort(key=lambda s: (order[s.role], s.index))
+        return Inventory(tuple(self.lab.to_node(s) for s in states))
+
+    def provision(self, run_id: str, progress=None) -> ProvisionResult:
+        started = time.monotonic()
+        existing = {node.name for node in self.list_nodes(run_id).nodes}
+        plans = self.plans()
+        missing = [p for p in plans if p.name not in existing]
+        log.info("provision: %d nodes planned, %d running, %d to create", len(plans), len(existing), len(missing))
+        if missing:
+            self.lab.up(missing, run_id, self.spec.name, extra_images=self.extra_images)
+        if self.extra_images and existing:
+            self.lab.import_images(self.extra_images, sorted(existing))
+        inventory = self.list_nodes(run_id)
+        wanted = {p.name for p in plans}
+        return ProvisionResult(
+            inventory=Inventory(tuple(n for n in inventory.nodes if n.name in wanted)),
+            created=tuple(p.name for p in missing),
+            reused=tuple(sorted(existing & wanted)),
+            seconds=time.monotonic() - started,
+        )
+
+    def teardown(self, run_id: str | None) -> list[str]:
+        names = [s.name for s in self.lab.states() if run_id is None or s.run_id == run_id]
+        leftovers = self.lab.down()
+        if not leftovers.empty():
+            raise RuntimeError(f"lab teardown left: {leftovers.describe()}")
+        return names
+
+    def kernel_wide_tuning(self) -> bool:
+        return True

@@ -1,0 +1,69 @@
+"""Starting and resuming runs: which run a command continues, and the spec it is tied to."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from swarmlab.record import RunRecord, find_resumable, new_run_id
+from swarmlab.spec import ExperimentSpec, SpecError, load_spec
+
+log = logging.getLogger(__name__)
+
+
+class RunConflict(RuntimeError):
+    """The requested run cannot continue with the given spec."""
+
+
+def open_run(
+    spec_path: str | Path, run_id: str | None, new_run: bool, runs_root: Path
+) -> tuple[RunRecord, ExperimentSpec]:
+    """Return the run to work on: the named one, else the newest unfinished one, else a new one.
+
+    A run keeps the spec it started with (``spec.yaml`` in its folder): resuming with a changed
+    spec would mix two experiments in one record, so it is rejected.
+
+    Raises:
+        SpecError: the spec is invalid (nothing was created).
+        RunConflict: the spec changed since the run started, or the named run does not exist.
+    """
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)
+    if run_id:
+        record = RunRecord(spec.name, run_id, runs_root)
+        if not (record.path / "spec.yaml").exists():
+            raise RunConflict(f"run {run_id!r} of experiment {spec.name!r} not found under {runs_root}")
+    elif not new_run:
+        record = find_resumable(spec.name, runs_root)
+    else:
+        record = None
+
+    if record is None:
+        record = RunRecord(spec.name, new_run_id(), runs_root).ensure()
+        shutil.copyfile(spec_path, record.path / "spec.yaml")
+        record.update_meta(experiment=spec.name, run_id=record.run_id, provider=spec.provider.kind,
+                           spec_digest=spec.digest(), spec_source=str(spec_path.resolve()),
+                           status="running", started_at=time.time(), attempts=[])
+        log.info("run %s: new run of %s", record.run_id, spec.name)
+    else:
+        stored = load_spec(record.path / "spec.yaml")
+        if stored.digest() != spec.digest():
+            raise RunConflict(
+                f"run {record.run_id} started with another version of {spec_path.name} "
+                f"(spec {stored.digest()}, now {spec.digest()}): restore the spec to resume, or start "
+                "a new run with --new-run"
+            )
+        spec = stored
+        log.info("run %s: resuming (status %s)", record.run_id, record.meta().get("status"))
+
+    record.ensure()
+    attempts = record.meta().get("attempts", [])
+    attempts.append({"started_at": time.time(), "pid": os.getpid()})
+    record.update_meta(status="running", attempts=attempts)
+    return record, spec
+
+
+__all__ = ["open_run", "RunConflict", "SpecError"]
