@@ -64,3 +64,39 @@ def plot_phase_durations(timings: dict[str, float], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_monitoring(nodes: pd.DataFrame, tasks: pd.DataFrame, manager: pd.DataFrame, path: Path,
+                    events: pd.DataFrame | None = None) -> Path:
+    """Three panels over time from the InfluxDB read-back: Ready nodes, running tasks, manager CPU."""
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7.5), dpi=100, sharex=True)
+    if not nodes.empty:
+        ready = nodes[nodes["state"] == "ready"].pivot_table(index="time", columns="role", values="count",
+                                                             aggfunc="sum")
+        for role in ready.columns:
+            axes[0].plot(ready.index, ready[role], label=f"{role}s Ready")
+        axes[0].legend(loc="lower right")
+    axes[0].set_ylabel("nodes")
+    if not tasks.empty:
+        for service, group in tasks.groupby("service"):
+            axes[1].plot(group["time"], group["running"], label=f"{service} running")
+            axes[1].plot(group["time"], group["desired"], linestyle=":", color="gray")
+        axes[1].legend(loc="upper left", fontsize="small")
+    axes[1].set_ylabel("tasks (dotted: desired)")
+    if not manager.empty and manager["cpu_percent"].notna().any():
+        for node, group in manager.groupby("node"):
+            axes[2].plot(group["time"], group["cpu_percent"], label=node)
+        axes[2].legend(loc="upper left", fontsize="small")
+    axes[2].set_ylabel("dockerd CPU % (100 = one core)")
+    axes[2].set_xlabel("time (UTC)")
+    if events is not None and not events.empty:
+        for _, event in events.iterrows():
+            for ax in axes:
+                ax.axvline(event["time"], color="tab:purple" if event["kind"] == "start" else "tab:gray",
+                           alpha=0.4, linestyle="--")
+    fig.suptitle("swarm state over the run, as stored in InfluxDB")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -13,7 +13,8 @@ import pandas as pd
 
 from analysis import plots
 
-PHASE_ORDER = ["provision", "managers", "workers", "tuning", "monitoring"]
+PHASE_ORDER = ["provision", "managers", "workers", "tuning"]
+NOT_TIMED = ("monitoring", "teardown")
 
 
 def _seconds(value) -> str:
@@ -42,7 +43,8 @@ def build_report(run_dir: Path, meta: dict, phases: dict[str, dict], inventory: 
     nodes = inventory.get("nodes", [])
     managers = [n for n in nodes if n["role"] == "manager"]
     workers = [n for n in nodes if n["role"] == "worker"]
-    timings = phase_timings({k: v for k, v in phases.items() if not k.startswith("profile-")})
+    timings = phase_timings({k: v for k, v in phases.items()
+                             if not k.startswith("profile-") and k not in NOT_TIMED})
     attempts = meta.get("attempts") or [{}]
     total = meta.get("elapsed_seconds")
     if total is None and attempts[0].get("started_at"):
@@ -104,6 +106,10 @@ def build_report(run_dir: Path, meta: dict, phases: dict[str, dict], inventory: 
             out += [result["report_markdown"], ""]
             summary["phases"][name] = result.get("summary_figures", {"status": result.get("status")})
 
+    if "monitoring" in phases:
+        out += monitoring_section(run_dir, phases["monitoring"])
+        summary["monitoring"] = {k: phases["monitoring"].get(k) for k in ("deployed", "skipped", "gaps")}
+
     profiles = {k: v for k, v in phases.items() if k.startswith("profile-")}
     if profiles:
         out += ["## Manager CPU profiles", "",
@@ -140,6 +146,7 @@ def scale_section(run_dir: Path, name: str, result: dict) -> list[str]:
     steps = result.get("steps", [])
     rows = []
     for i, s in enumerate(steps, 1):
+        i = s.get("number", i)
         rates = s.get("interval_rates", {})
         cpu = s.get("manager_cpu", {})
         rows.append([i, f"{s['started_running']}→{s['target']}", s["running"], _seconds(s["seconds"]),
@@ -169,3 +176,37 @@ def scale_section(run_dir: Path, name: str, result: dict) -> list[str]:
     if result.get("aborted_by"):
         lines += [f"The phase stopped: {result['aborted_by']}.", ""]
     return lines
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    frame = pd.read_csv(path)
+    if "time" in frame:
+        frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    return frame
+
+
+def monitoring_section(run_dir: Path, result: dict) -> list[str]:
+    lines = ["## Monitoring", ""]
+    for name, what in (result.get("deployed") or {}).items():
+        lines.append(f"- {name}: {what}")
+    for name, why in (result.get("skipped") or {}).items():
+        lines.append(f"- {name}: **not deployed**: {why}")
+    rows = result.get("exported_rows") or {}
+    lines += ["", f"The observer wrote {result.get('points_written')} points "
+              f"({result.get('points_dropped') or 0} dropped); read back with InfluxQL: "
+              + ", ".join(f"{k} {v}" for k, v in rows.items()) + "."]
+    gaps = result.get("gaps") or []
+    if gaps:
+        lines.append(f"InfluxDB was unreachable {len(gaps)} time(s): "
+                     + "; ".join(f"from {g['start']} to {g['end'] or 'the end of the run'}" for g in gaps)
+                     + ". Points were buffered and written after it came back, so these gaps are in the "
+                     "plots only where the buffer overflowed.")
+    data = run_dir / "data"
+    nodes, tasks, manager = (_read_csv(data / f"influx-{m}.csv") for m in ("nodes", "tasks", "manager"))
+    if not (nodes.empty and tasks.empty and manager.empty):
+        plots.plot_monitoring(nodes, tasks, manager, run_dir / "plots" / "monitoring.png",
+                              _read_csv(data / "influx-events.csv"))
+        lines += ["", "![swarm state over time](plots/monitoring.png)"]
+    return [*lines, ""]

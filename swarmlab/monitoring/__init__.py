@@ -1,0 +1,1 @@
+"""Monitoring services of a run: InfluxDB, Telegraf and Grafana configuration and definitions."""
