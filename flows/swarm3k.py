@@ -16,7 +16,11 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# A loaded machine (a lab of dockerd nodes on two cores) can take longer than the default 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "swarmlab")
+# The observer logs from its own thread, outside any flow or task run.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from prefect import flow, get_run_logger  # noqa: E402
 
@@ -32,7 +36,7 @@ from tasks.report import report  # noqa: E402
 from tasks.swarm import managers, workers  # noqa: E402
 from tasks.teardown import finish  # noqa: E402
 from tasks.tuning import tuning  # noqa: E402
-from tasks.workloads import profile, workload  # noqa: E402
+from tasks.workloads import profile, profile_during, workload  # noqa: E402
 
 
 def start(spec_path: str, run_id: str | None, new_run: bool, runs_dir: str) -> RunHandle:
@@ -58,7 +62,7 @@ def swarm3k(spec_path: str = str(DEFAULT_SPEC), run_id: str | None = None, new_r
     managers(run, inventory)
     workers(run, inventory)
     tuning(run, inventory)
-    observer = monitoring(run, inventory)
+    influxdb = monitoring(run, inventory)
     if spec.profiling.enabled and spec.profiling.idle:
         profile(run, inventory, "idle")
 
@@ -66,14 +70,14 @@ def swarm3k(spec_path: str = str(DEFAULT_SPEC), run_id: str | None = None, new_r
     for phase in spec.phases:
         capture = None
         if spec.profiling.enabled and phase.profile:
-            capture = profile.submit(run, inventory, phase.name)
+            capture = profile_during(run, inventory, phase.name)
         state = workload(run, inventory, phase.name, return_state=True)
         if capture is not None:
             capture.wait()
         if state.is_failed():
             failed.append(phase.name)
 
-    stop_monitoring(run, observer)
+    stop_monitoring(run, influxdb)
     report(run)
     return finish(run, failed, teardown)
 

@@ -10,6 +10,7 @@ from swarmlab.inventory import Inventory
 from swarmlab.phases import PhaseFailed
 from swarmlab.phases.profiles import capture_profiles
 from tasks.common import RESULT_STORAGE, RunHandle, phase_key, publish
+from tasks.monitoring import phase_event
 
 
 def _phase(run: RunHandle, name: str):
@@ -29,12 +30,15 @@ def workload(run: RunHandle, inventory: Inventory, phase_name: str) -> dict:
     def report(done: int, total: int) -> None:
         update_progress_artifact(progress, progress=100.0 * done / max(1, total))
 
+    phase_event(run, phase_name, "start", phase_kind=phase.kind)
     with Cluster(inventory, run.provider().ssh_identity) as cluster:
         try:
             result = run_phase(cluster, run, phase, report)
         except PhaseFailed as error:
             run.record.save_phase(phase_name, {**error.result, "status": "failed", "error": str(error)})
+            phase_event(run, phase_name, "end", status="failed")
             raise
+    phase_event(run, phase_name, "end", status=result.get("status", "completed"))
     publish(run, phase_name, result, summarise(result), rows=result.get("steps"))
     return result
 
@@ -76,3 +80,13 @@ def profile(run: RunHandle, inventory: Inventory, label: str) -> dict:
             f"{result['cpu_seconds']}s CPU profile of {result['node']} "
             f"({'leader' if result['was_leader'] else 'not the leader at the end'}): {result['files']['cpu']}")
     return result
+
+
+def profile_during(run: RunHandle, inventory: Inventory, phase_name: str):
+    """Submit the CPU profile of a workload phase, to run while the phase runs.
+
+    A stored profile is reused only if its phase completed too: a profile taken while an
+    attempt failed at once shows an idle manager, not the workload.
+    """
+    done = (run.record.load_phase(phase_name) or {}).get("status") == "completed"
+    return profile.with_options(refresh_cache=not done).submit(run, inventory, phase_name)

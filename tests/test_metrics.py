@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
-from tests.influx_fixture import InfluxServer, free_loopback_port, influx_server, influx_url  # noqa: F401
 
 from swarmlab.metrics import MetricsError, MetricsStore, make_point, to_nanoseconds
 from swarmlab.monitoring.credentials import generate_password
 from swarmlab.spec import InfluxDBSpec
+from tests.influx_fixture import InfluxServer, free_loopback_port, influx_server, influx_url  # noqa: F401
 
 
 def store_for(url: str, **options) -> MetricsStore:

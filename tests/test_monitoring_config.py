@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from grafana_foundation_sdk.models import dashboard as dashboard_model
-from tests.influx_fixture import influx_url  # noqa: F401
 
 from swarmlab.metrics import MetricsStore
 from swarmlab.monitoring import grafana, telegraf
@@ -37,6 +36,7 @@ from swarmlab.monitoring.services import (
     telegraf_services,
 )
 from swarmlab.spec import MonitoringSpec
+from tests.influx_fixture import influx_url  # noqa: F401
 
 # Option names of each Telegraf plugin, from the plugins' README and sample.conf files in
 # influxdata/telegraf (plugins/inputs/<name>/, plugins/outputs/influxdb/,

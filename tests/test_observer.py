@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import docker
 import pytest
-from tests.influx_fixture import influx_url  # noqa: F401
 
 from swarmlab.metrics import MetricsStore, make_point
 from swarmlab.monitoring.credentials import MonitoringCredentials
@@ -48,6 +47,7 @@ from swarmlab.observer import (
     swarm_sample,
 )
 from swarmlab.spec import MonitoringSpec
+from tests.influx_fixture import influx_url  # noqa: F401
 
 DOCKERD_START_TIMEOUT = 60.0
 CONVERGE_TIMEOUT = 90.0

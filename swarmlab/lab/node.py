@@ -239,8 +239,9 @@ def cgroup_dirs(parent: str) -> list[Path]:
 def kill_cgroup_tree(parent: str) -> None:
     """SIGKILL every process in the cgroup ``parent`` and below, then remove the empty folders."""
     for top in cgroup_dirs(parent):
-        folders = sorted((path for path in top.rglob("*") if path.is_dir()), key=lambda p: -len(p.parts))
-        for folder in [*folders, top]:
+        # os.walk ignores folders that vanish while it walks (containerd removes them too).
+        folders = [Path(root) for root, _, _ in os.walk(top, topdown=False)]
+        for folder in folders:
             try:
                 pids = (folder / "cgroup.procs").read_text().split()
             except OSError:
@@ -248,8 +249,7 @@ def kill_cgroup_tree(parent: str) -> None:
             for pid in pids:
                 _signal(int(pid), signal.SIGKILL)
         for _ in range(50):
-            remaining = [f for f in [*folders, top] if f.exists()]
-            for folder in remaining:
+            for folder in folders:
                 try:
                     folder.rmdir()
                 except OSError:

@@ -10,6 +10,7 @@ the service only ever moves one step at a time, up and down.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Sample:
 
 @dataclass
 class StepResult:
+    number: int
     target: int
     started_running: int
     seconds: float
@@ -62,6 +64,25 @@ class StepResult:
         data["seconds"] = round(self.seconds, 3)
         data["failure_rate"] = round(self.failure_rate, 4)
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict, samples: list[dict]) -> StepResult:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "samples"}
+        return cls(**fields, samples=[Sample(**item) for item in samples])
+
+
+def load_steps(path: Path) -> dict[int, StepResult]:
+    """Steps measured by an earlier attempt of the same run, by target."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {item["step"]["target"]: StepResult.from_dict(item["step"], item["samples"]) for item in data}
+
+
+def save_steps(path: Path, steps: list[StepResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = [{"step": s.to_dict(), "samples": [sample.__dict__ for sample in s.samples]} for s in steps]
+    path.write_text(json.dumps(items, indent=1))
 
 
 def service_counts(api, name: str) -> tuple[int, int]:
@@ -135,14 +156,21 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
     baseline_failed = failed_task_count(api, phase.name)
     cluster.dockerd_cpu(leader)  # first reading primes the CPU delta
 
+    steps_file = data_dir / f"{phase.name}-steps.json"
+    earlier = load_steps(steps_file)
     for number, target in enumerate(phase.steps, start=1):
         if running >= target:
+            # Reached by an earlier attempt of this run (resumed after a failure or a kill).
+            if target in earlier and earlier[target].converged:
+                steps.append(earlier[target])
+                samples.extend(earlier[target].samples)
             log.info("scale: step %d (%d replicas) already reached, %d running", number, target, running)
             continue
         step = run_step(cluster, leader, phase, number, target, running, baseline_failed)
         baseline_failed += step.failed_tasks
         steps.append(step)
         samples.extend(step.samples)
+        save_steps(steps_file, steps)
         running = step.running
         log.info(
             "scale: step %d/%d: %d/%d running in %.1fs, %.1f tasks/s (p50 %.1f, max %.1f), "
@@ -234,7 +262,7 @@ def run_step(cluster: Cluster, leader, phase: ScalePhase, number: int, target: i
                       f"{criteria.min_throughput:.2f}")
     rates = [s.rate for s in samples if s.rate is not None]
     return StepResult(
-        target=target, started_running=running_before, seconds=seconds, converged=converged,
+        number=number, target=target, started_running=running_before, seconds=seconds, converged=converged,
         running=running, tasks_started=started_tasks, throughput=throughput,
         interval_rates=percentiles(rates), failed_tasks=failed, failure_rate=failure_rate,
         manager_cpu=percentiles(cpu_values), aborted_by=aborted_by, samples=samples,

@@ -8,19 +8,35 @@ from pathlib import Path
 
 from swarmlab.inventory import Inventory, node_name
 from swarmlab.lab import Lab, NodePlan
+from swarmlab.lab.images import ImageRecipe
 from swarmlab.providers.base import ProvisionResult
 from swarmlab.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
 
+def lab_images(spec: ExperimentSpec) -> list[ImageRecipe]:
+    """Images the spec's phases need on lab nodes, besides the tiny image every node gets."""
+    recipes: list[ImageRecipe] = []
+    if spec.monitoring.enabled:
+        from swarmlab.monitoring.influx_image import IMPORT_CHANGES, build_influxdb_rootfs_tar
+
+        recipes.append(ImageRecipe(reference=spec.monitoring.influxdb.lab_image, version="influxd-debian-1",
+                                   build=build_influxdb_rootfs_tar, changes=tuple(IMPORT_CHANGES)))
+    if any(phase.kind != "scale" for phase in spec.phases):
+        from swarmlab.lab.recipes import recipes_for
+
+        recipes.extend(recipes_for(spec))
+    return recipes
+
+
 class LabProvider:
     kind = "lab"
 
-    def __init__(self, spec: ExperimentSpec, extra_images=()):
+    def __init__(self, spec: ExperimentSpec, extra_images=None):
         self.spec = spec
         self.lab = Lab(spec.provider.lab)
-        self.extra_images = tuple(extra_images)
+        self.extra_images = tuple(lab_images(spec) if extra_images is None else extra_images)
 
     @property
     def ssh_identity(self) -> Path:
