@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
+from analysis.profile_report import profile_section
 
 PHASE_ORDER = ["provision", "managers", "workers", "tuning"]
 NOT_TIMED = ("monitoring", "teardown")
@@ -118,6 +119,9 @@ def build_report(run_dir: Path, meta: dict, phases: dict[str, dict], inventory: 
                          f"`{p['files']['cpu']}`"] for p in profiles.values()]), "",
                 "Open a profile with `go tool pprof -top FILE` or `go tool pprof -http=: FILE`.", ""]
         summary["profiles"] = {p["label"]: p["files"]["cpu"] for p in profiles.values()}
+        section, figures = profile_section(run_dir, profiles)
+        out += section
+        summary["cpu_categories"] = figures
     for section in extra_sections or []:
         out += [section, ""]
     return "\n".join(out).rstrip() + "\n", summary

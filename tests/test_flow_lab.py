@@ -12,9 +12,11 @@ import docker
 import pytest
 import yaml
 
+from analysis.pprof import read_profile
 from swarmlab.lab import Lab
 from swarmlab.spec import parse_spec
 from tests.conftest import PYTHON, REPO, lab_spec_data
+from tests.test_pprof import go_top, our_top
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -86,7 +88,14 @@ def test_killed_run_resumes_and_tears_down(tmp_path):
             assert f"| {phase} |" in report
         assert "| 3 | 20→40 | 40 |" in report
         assert "profiles/scale-tswf-m1.cpu.pb.gz" in report
-        assert (run_dir / "profiles" / "scale-tswf-m1.cpu.pb.gz").stat().st_size > 100
+        captured = run_dir / "profiles" / "scale-tswf-m1.cpu.pb.gz"
+        assert captured.stat().st_size > 100
+        # The decoder agrees with go tool pprof on a profile of this run's own leader dockerd.
+        for sample_index in ("samples", "cpu"):
+            assert our_top(read_profile(captured), sample_index) == {
+                name: values[:2] for name, values in go_top(captured, sample_index).items()
+            }
+        assert "## Where the leader's CPU went" in report
         assert (run_dir / "plots" / "scale-running.png").exists()
         secrets_seen = [p for p in run_dir.rglob("*") if p.is_file() and b"SWMTKN-1-" in p.read_bytes()]
         assert secrets_seen == []

@@ -20,11 +20,13 @@ from swarmlab.spec import DEFAULT_SPEC, LabSettings, SpecError, load_spec
 
 # Lab namespaces are "<prefix>-<node>"; prefixes are 2-6 lowercase characters starting "sw".
 NAMESPACE = re.compile(r"^(sw[a-z0-9]{0,4})-")
+PREFIX = re.compile(r"sw[a-z0-9]{0,4}")
 
 
 def known_labs(state_dir: Path) -> list[LabSettings]:
     """Every lab this machine has a folder or namespaces for; bridges follow the "<prefix>0" pattern."""
-    prefixes = {p.name for p in state_dir.iterdir() if p.is_dir()} if state_dir.exists() else set()
+    folders = state_dir.iterdir() if state_dir.exists() else []
+    prefixes = {p.name for p in folders if p.is_dir() and PREFIX.fullmatch(p.name)}
     if NETNS_DIR.exists():
         prefixes |= {m.group(1) for p in NETNS_DIR.iterdir() if (m := NAMESPACE.match(p.name))}
     for bridge in Path("/sys/class/net").iterdir():
