@@ -204,12 +204,14 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
         "aborted_by": failure,
     }
     if failure or not phase.keep:
-        scale_down(api, phase, [s.target for s in steps])
+        result["scale_down"] = scale_down(api, phase, [s.target for s in steps])
         if not phase.keep:
             remove_service(api, phase.name)
     result["seconds"] = round(time.monotonic() - started, 3)
     if failure:
-        raise PhaseFailed(f"scale phase {phase.name!r} stopped: {failure}; scaled back to 0", result)
+        back = result["scale_down"]
+        outcome = "scaled back to 0" if back["running"] == 0 else f"scale-down left {back['running']} running"
+        raise PhaseFailed(f"scale phase {phase.name!r} stopped: {failure}; {outcome}", result)
     return result
 
 
@@ -269,22 +271,33 @@ def run_step(cluster: Cluster, leader, phase: ScalePhase, number: int, target: i
     )
 
 
-def scale_down(api, phase: ScalePhase, reached: list[int], step_wait: float = 120.0) -> None:
-    """Scale back one step at a time to zero, waiting for each step to drain."""
+def scale_down(api, phase: ScalePhase, reached: list[int], step_wait: float = 120.0) -> dict:
+    """Scale back one step at a time to zero, waiting for each step to drain.
+
+    Each wait grows with the tasks to stop (half a second each beyond ``step_wait``): after an
+    aborted jump, agents are still starting queued containers before they can stop them.
+    Returns the last target, the tasks still running then and the seconds it took.
+    """
+    started = time.monotonic()
     targets = sorted({t for t in reached if t > 0} | set(phase.steps), reverse=True)
     try:
         running, _ = service_counts(api, phase.name)
     except LookupError:
-        return
+        return {"target": 0, "running": 0, "seconds": 0.0}
+    target = running
     for target in [*[t for t in targets if t < running], 0]:
         set_replicas(api, phase.name, target)
-        deadline = time.monotonic() + step_wait
+        deadline = time.monotonic() + step_wait + 0.5 * max(0, running - target)
         while time.monotonic() < deadline:
             running, _ = service_counts(api, phase.name)
             if running <= target:
                 break
             time.sleep(1)
-        log.info("scale: scaled down to %d (%d running)", target, running)
+        if running > target:
+            log.warning("scale: scale-down to %d timed out with %d tasks still running", target, running)
+        else:
+            log.info("scale: scaled down to %d (%d running)", target, running)
+    return {"target": target, "running": running, "seconds": round(time.monotonic() - started, 3)}
 
 
 def remove_service(api, name: str) -> None:
