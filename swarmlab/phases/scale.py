@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import paramiko
+import requests
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 
-from swarmlab.cluster import Cluster
+from swarmlab.cluster import Cluster, NoLeader
 from swarmlab.phases import PhaseFailed, percentiles
 from swarmlab.spec import ScalePhase
 
@@ -85,6 +87,54 @@ def save_steps(path: Path, steps: list[StepResult]) -> None:
     path.write_text(json.dumps(items, indent=1))
 
 
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, paramiko.SSHException,
+                 OSError, EOFError)
+
+
+class LeaderTracker:
+    """Requests to the current leader; when one fails, find the new leader and record the change.
+
+    A leader's dockerd can die mid-phase (Swarm3k lost managers under load); with a quorum left
+    the other managers elect a new leader, and the phase carries on against it.
+    """
+
+    def __init__(self, cluster: Cluster, leader, started: float, deadline: float = 90.0):
+        self.cluster = cluster
+        self.leader = leader
+        self.started = started
+        self.deadline = deadline
+        self.events: list[dict] = []
+
+    def call(self, request):
+        """Return ``request(api)`` on the leader, following a leader change for up to ``deadline`` s."""
+        try:
+            return request(self.cluster.engine(self.leader).api)
+        except ENGINE_ERRORS as error:
+            lost_at = time.monotonic()
+            first_error = error
+        old = self.leader.name
+        log.warning("scale: request to leader %s failed (%s); looking for the leader", old, first_error)
+        stop = lost_at + self.deadline
+        while True:
+            self.cluster.drop_engine(self.leader.name)
+            try:
+                self.leader = self.cluster.leader(deadline=max(1.0, stop - time.monotonic()))
+                result = request(self.cluster.engine(self.leader).api)
+                break
+            except (*ENGINE_ERRORS, NoLeader) as error:
+                if time.monotonic() > stop:
+                    raise PhaseFailed(f"no leader answered for {self.deadline:.0f}s after {old} failed: "
+                                      f"{error}") from None
+                time.sleep(1)
+        found = time.monotonic()
+        event = {"at_seconds": round(lost_at - self.started, 1), "event": "leader request failed",
+                 "error": str(first_error)[:200], "from": old, "to": self.leader.name,
+                 "seconds_to_leader": round(found - lost_at, 1)}
+        self.events.append(event)
+        log.info("scale: leader now %s (was %s), found after %.1fs", self.leader.name, old, found - lost_at)
+        return result
+
+
 def service_counts(api, name: str) -> tuple[int, int]:
     """Running and desired task counts of one service, from one service-list request."""
     services = api.services(filters={"name": name}, status=True)
@@ -145,16 +195,14 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
         PhaseFailed: a stop criterion was hit; the service was scaled back first.
     """
     started = time.monotonic()
-    leader = cluster.leader()
-    client = cluster.engine(leader)
-    api = client.api
-    ensure_service(client, phase, run_id)
-    running, _ = service_counts(api, phase.name)
+    tracker = LeaderTracker(cluster, cluster.leader(), started)
+    tracker.call(lambda api: ensure_service(cluster.engine(tracker.leader), phase, run_id))
+    running, _ = tracker.call(lambda api: service_counts(api, phase.name))
     steps: list[StepResult] = []
     samples: list[Sample] = []
     failure: str | None = None
-    baseline_failed = failed_task_count(api, phase.name)
-    cluster.dockerd_cpu(leader)  # first reading primes the CPU delta
+    baseline_failed = tracker.call(lambda api: failed_task_count(api, phase.name))
+    cluster.dockerd_cpu(tracker.leader)  # first reading primes the CPU delta
 
     steps_file = data_dir / f"{phase.name}-steps.json"
     earlier = load_steps(steps_file)
@@ -166,7 +214,7 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
                 samples.extend(earlier[target].samples)
             log.info("scale: step %d (%d replicas) already reached, %d running", number, target, running)
             continue
-        step = run_step(cluster, leader, phase, number, target, running, baseline_failed)
+        step = run_step(cluster, tracker, phase, number, target, running, baseline_failed)
         baseline_failed += step.failed_tasks
         steps.append(step)
         samples.extend(step.samples)
@@ -193,7 +241,7 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
         "kind": "scale",
         "phase": phase.name,
         "seconds": None,
-        "leader": leader.name,
+        "leader": tracker.leader.name,
         "steps": [s.to_dict() for s in steps],
         "max_running": max((s.running for s in steps), default=running),
         "throughput_p50_over_steps": sustained,
@@ -204,9 +252,10 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
         "aborted_by": failure,
     }
     if failure or not phase.keep:
-        result["scale_down"] = scale_down(api, phase, [s.target for s in steps])
+        result["scale_down"] = tracker.call(lambda api: scale_down(api, phase, [s.target for s in steps]))
         if not phase.keep:
-            remove_service(api, phase.name)
+            tracker.call(lambda api: remove_service(api, phase.name))
+    result["events"] = tracker.events
     result["seconds"] = round(time.monotonic() - started, 3)
     if failure:
         back = result["scale_down"]
@@ -215,10 +264,9 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
     return result
 
 
-def run_step(cluster: Cluster, leader, phase: ScalePhase, number: int, target: int, running_before: int,
-             failed_before: int) -> StepResult:
-    api = cluster.engine(leader).api
-    set_replicas(api, phase.name, target)
+def run_step(cluster: Cluster, tracker: LeaderTracker, phase: ScalePhase, number: int, target: int,
+             running_before: int, failed_before: int) -> StepResult:
+    tracker.call(lambda api: set_replicas(api, phase.name, target))
     started = time.monotonic()
     deadline = started + phase.step_deadline
     samples: list[Sample] = []
@@ -230,8 +278,8 @@ def run_step(cluster: Cluster, leader, phase: ScalePhase, number: int, target: i
     while True:
         time.sleep(phase.sample_interval)
         now = time.monotonic()
-        running, desired = service_counts(api, phase.name)
-        cpu, _ = cluster.dockerd_cpu(leader)
+        running, desired = tracker.call(lambda api: service_counts(api, phase.name))
+        cpu = leader_cpu(cluster, tracker.leader)
         if cpu is not None:
             cpu_values.append(cpu)
         rate = (running - previous_running) / (now - previous_time)
@@ -253,7 +301,7 @@ def run_step(cluster: Cluster, leader, phase: ScalePhase, number: int, target: i
     seconds = time.monotonic() - started
     started_tasks = max(0, running - running_before)
     throughput = started_tasks / seconds if seconds > 0 else 0.0
-    failed = max(0, failed_task_count(api, phase.name) - failed_before)
+    failed = max(0, tracker.call(lambda api: failed_task_count(api, phase.name)) - failed_before)
     failure_rate = failed / max(1, started_tasks + failed)
     criteria = phase.abort
     if aborted_by is None and criteria.max_failure_rate < 1 and failure_rate > criteria.max_failure_rate:
@@ -269,6 +317,15 @@ def run_step(cluster: Cluster, leader, phase: ScalePhase, number: int, target: i
         interval_rates=percentiles(rates), failed_tasks=failed, failure_rate=failure_rate,
         manager_cpu=percentiles(cpu_values), aborted_by=aborted_by, samples=samples,
     )
+
+
+def leader_cpu(cluster: Cluster, leader) -> float | None:
+    """The leader's dockerd CPU percent, or None while it cannot be read (the node is failing)."""
+    try:
+        return cluster.dockerd_cpu(leader)[0]
+    except ENGINE_ERRORS:
+        cluster.ssh.close()
+        return None
 
 
 def scale_down(api, phase: ScalePhase, reached: list[int], step_wait: float = 120.0) -> dict:
