@@ -26,6 +26,8 @@ from prefect import flow, get_run_logger  # noqa: E402
 
 logging.getLogger("swarmlab").setLevel(logging.INFO)
 
+from prefect import runtime as prefect_runtime  # noqa: E402
+
 from swarmlab.record import RUNS_ROOT  # noqa: E402
 from swarmlab.runs import RunConflict, open_run  # noqa: E402
 from swarmlab.spec import DEFAULT_SPEC, SpecError, load_spec  # noqa: E402
@@ -33,6 +35,7 @@ from tasks.common import RunHandle, register_result_storage  # noqa: E402
 from tasks.monitoring import monitoring, stop_monitoring  # noqa: E402
 from tasks.provision import provision  # noqa: E402
 from tasks.report import report  # noqa: E402
+from tasks.stale import mark_stale_attempts  # noqa: E402
 from tasks.swarm import managers, workers  # noqa: E402
 from tasks.teardown import finish  # noqa: E402
 from tasks.tuning import tuning  # noqa: E402
@@ -41,6 +44,11 @@ from tasks.workloads import profile, profile_during, workload  # noqa: E402
 
 def start(spec_path: str, run_id: str | None, new_run: bool, runs_dir: str) -> RunHandle:
     record, spec = open_run(spec_path, run_id, new_run, Path(runs_dir))
+    flow_run_id = str(prefect_runtime.flow_run.id) if prefect_runtime.flow_run.id else None
+    attempts = record.meta().get("attempts", [])
+    attempts[-1]["flow_run_id"] = flow_run_id
+    record.update_meta(attempts=attempts)
+    mark_stale_attempts(record, flow_run_id)
     register_result_storage(Path(runs_dir))
     run = RunHandle(spec.name, record.run_id, str(Path(runs_dir).resolve()), spec.digest())
     logger = get_run_logger()

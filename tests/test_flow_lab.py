@@ -76,6 +76,7 @@ def test_killed_run_resumes_and_tears_down(tmp_path):
         for phase in ("managers", "workers", "tuning"):
             assert any(f"Task run '{phase}-" in line and "Cached" in line for line in output.splitlines()), phase
         assert "0 created, 3 already running" in output
+        assert "of a killed attempt marked Crashed" in output
 
         [run_dir] = list((runs / data["name"]).iterdir())
         meta = yaml.safe_load((run_dir / "run.json").read_text())
