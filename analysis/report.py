@@ -12,6 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
+from analysis.lessons import (
+    CpuSummary,
+    find_lessons,
+    lessons_section,
+    profile_sample_counts,
+    untested_swarm3k_lessons,
+)
 from analysis.profile_report import profile_section
 
 PHASE_ORDER = ["provision", "managers", "workers", "tuning"]
@@ -122,6 +129,11 @@ def build_report(run_dir: Path, meta: dict, phases: dict[str, dict], inventory: 
         section, figures = profile_section(run_dir, profiles)
         out += section
         summary["cpu_categories"] = figures
+    # The lessons go near the top but need the CPU categories, which are computed last.
+    cpu = CpuSummary(summary.get("cpu_categories") or {}, profile_sample_counts(run_dir, phases))
+    lessons = find_lessons(phases, cpu)
+    summary["lessons"] = [lesson.to_dict() for lesson in lessons]
+    out[4:4] = lessons_section(lessons, untested_swarm3k_lessons(phases, cpu))
     for section in extra_sections or []:
         out += [section, ""]
     return "\n".join(out).rstrip() + "\n", summary
