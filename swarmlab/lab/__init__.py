@@ -102,8 +102,12 @@ class Lab:
         return found
 
     def up(self, plans: list[NodePlan], run_id: str, experiment: str, tiny_image: bool = True,
-           extra_images: tuple[images.ImageRecipe, ...] = (), concurrency: int = 8) -> list[NodeState]:
-        """Boot the planned nodes that are not running yet and return the state of every planned node."""
+           extra_images: tuple[images.ImageRecipe, ...] = (), concurrency: int = 8,
+           engines: bool = True) -> list[NodeState]:
+        """Boot the planned nodes that are not running yet and return the state of every planned node.
+
+        ``engines=False`` boots SSH-only hosts (no dockerd, no images), for fan-out benchmarks.
+        """
         self.ensure_base()
         others = {s.run_id for s in self.states() if s.run_id != run_id}
         if others:
@@ -112,13 +116,13 @@ class Lab:
                 "with `python -m flows.swarm3k --run-id ID`, or remove it with `python -m flows.teardown`"
             )
         public_key = self.client_key.with_suffix(".pub").read_text()
-        recipes = ((images.TINY,) if tiny_image else ()) + tuple(extra_images)
+        recipes = (((images.TINY,) if tiny_image else ()) + tuple(extra_images)) if engines else ()
         tars = {recipe.reference: images.cached_tar(recipe, self.root / "images") for recipe in recipes}
 
         def boot(plan: NodePlan) -> NodeState:
             node = self.node(plan.name)
             address = self.network.add_node(plan.name, plan.slot)
-            host_key = node.prepare(address, public_key)
+            host_key = node.prepare(address, public_key, engine=engines)
             state = NodeState(plan.name, plan.role, plan.index, plan.slot, address, run_id, experiment, host_key)
             state.save(node.folder)
             node.start()
@@ -149,7 +153,7 @@ class Lab:
 
     def is_running(self, name: str) -> bool:
         node = self.node(name)
-        return bool(node.sshd_pid and node.dockerd_pid)
+        return bool(node.sshd_pid and (node.dockerd_pid or not node.has_engine))
 
     def to_node(self, state: NodeState) -> Node:
         return Node(

@@ -107,7 +107,7 @@ class LabNode:
     def sshd_pid(self) -> int | None:
         return read_pid(self.folder / "sshd.pid")
 
-    def prepare(self, address: str, client_public_key: str) -> str:
+    def prepare(self, address: str, client_public_key: str, engine: bool = True) -> str:
         """Write the node's configuration and host key (kept if present); return the public host key."""
         self.folder.mkdir(parents=True, exist_ok=True)
         key = self.folder / "ssh_host_ed25519_key"
@@ -119,13 +119,20 @@ class LabNode:
         authorized.chmod(0o600)
         (self.folder / "daemon.json").write_text("{}\n")
         boot = BOOT_SCRIPT.format(name=self.name, folder=self.folder, cgroup_parent=self.cgroup_parent)
+        if not engine:
+            # An SSH-only host (fan-out benchmarks): everything before dockerd's start.
+            boot = boot.split("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", 1)[0]
         (self.folder / "boot.sh").write_text(boot)
         public = (self.folder / "ssh_host_ed25519_key.pub").read_text().split()
         return f"{public[0]} {public[1]}"
 
+    @property
+    def has_engine(self) -> bool:
+        return "setsid dockerd" in (self.folder / "boot.sh").read_text()
+
     def start(self) -> None:
-        """Start sshd and dockerd in the node's namespaces unless they already run."""
-        if self.sshd_pid and self.dockerd_pid:
+        """Start sshd (and dockerd, unless SSH-only) in the node's namespaces unless they already run."""
+        if self.sshd_pid and (self.dockerd_pid or not self.has_engine):
             return
         if self.sshd_pid or self.dockerd_pid:
             # Half a node (one daemon died): start from a clean slate rather than guess.
@@ -149,7 +156,10 @@ class LabNode:
 
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
+        engine = self.has_engine
         while time.monotonic() < deadline:
+            if self.sshd_pid and not engine:
+                return
             if self.sshd_pid and self.docker_socket.exists():
                 try:
                     client = docker.DockerClient(base_url=f"unix://{self.docker_socket}", version="1.41", timeout=5)

@@ -24,14 +24,12 @@ import argparse
 import fcntl
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -48,13 +46,19 @@ SUITE = "bookworm"
 SUITES = (SUITE, f"{SUITE}-updates", f"{SUITE}-security")
 IMAGE_FILES = Path(__file__).resolve().parents[2] / "deployments" / "images"
 APT_SOURCE_PATHS = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
-# Bump to rebuild every cached stage, e.g. after changing how a stage is built.
-BUILD_VERSION = "1"
+# Bump a stage's number after changing how that stage is built: it and later stages rebuild.
+STAGE_VERSIONS = {"base": "1", "packages": "1", "files": "3"}
 CACHE_FOLDER = "image-cache"
 # Files the image does not need at run time: documentation, manual pages, translations.
 PRUNED_PATHS = (
-    "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf", "usr/share/doc", "usr/share/man",
-    "usr/share/info", "usr/share/lintian", "usr/share/linda",
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "var/cache/debconf",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/lintian",
+    "usr/share/linda",
 )
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -74,7 +78,7 @@ class ImageFile:
 
 @dataclass(frozen=True)
 class ImageKind:
-    """What one kind of image contains: Debian packages, files of ours and its default command."""
+    """Contents of one kind of image: Debian packages, files from this repository and the default command."""
 
     name: str
     packages: tuple[str, ...]
@@ -107,8 +111,16 @@ KINDS: dict[str, ImageKind] = {
             # php and systemd-standalone-tmpfiles come before wordpress so that apt satisfies
             # wordpress's "libapache2-mod-php | php" and php-fpm's "systemd | systemd-tmpfiles"
             # without Apache or systemd.
-            ("nginx", "php8.2-fpm", "php", "php8.2-mysql", "systemd-standalone-tmpfiles", "curl",
-             "wordpress", "wordpress-theme-twentytwentythree"),
+            (
+                "nginx",
+                "php8.2-fpm",
+                "php",
+                "php8.2-mysql",
+                "systemd-standalone-tmpfiles",
+                "curl",
+                "wordpress",
+                "wordpress-theme-twentytwentythree",
+            ),
             (
                 ImageFile("wordpress/swarmlab-wordpress", "/usr/local/bin/swarmlab-wordpress", 0o755),
                 ImageFile("wordpress/wordpress-install.php", "/usr/local/lib/swarmlab/wordpress-install.php"),
@@ -214,14 +226,14 @@ class ImageBuilder:
     # -- cache keys --------------------------------------------------------------------------
 
     def base_key(self) -> str:
-        return _digest(BUILD_VERSION, SUITE, "minbase", self.sources[SUITE])
+        return _digest(STAGE_VERSIONS["base"], SUITE, "minbase", self.sources[SUITE])
 
     def packages_key(self, kind: ImageKind) -> str:
-        return _digest(self.base_key(), sorted(self.sources.items()), kind.packages)
+        return _digest(STAGE_VERSIONS["packages"], self.base_key(), sorted(self.sources.items()), kind.packages)
 
     def image_key(self, kind: ImageKind) -> str:
         files = [(f.target, f.mode, hashlib.sha256(self._source(f).read_bytes()).hexdigest()) for f in kind.files]
-        return _digest(self.packages_key(kind), files)
+        return _digest(STAGE_VERSIONS["files"], self.packages_key(kind), files)
 
     def _source(self, file: ImageFile) -> Path:
         path = self.image_files / file.source
@@ -237,13 +249,13 @@ class ImageBuilder:
         return ImageRecipe(
             reference=reference,
             version=f"{SUITE}-{kind.name}-{self.image_key(kind)}",
-            build=functools.partial(self.build_into, kind.name),
+            build=functools.partial(self.build_into, kind),
             changes=kind.changes,
         )
 
-    def build_into(self, kind_name: str, path: Path) -> None:
-        """Write the image tar of ``kind_name`` to ``path``: a hard link into the cache where possible."""
-        source = self.image_tar(KINDS[kind_name])
+    def build_into(self, kind: ImageKind, path: Path) -> None:
+        """Write the image tar of ``kind`` to ``path``: a hard link into the cache where possible."""
+        source = self.image_tar(kind)
         path = Path(path)
         path.unlink(missing_ok=True)
         try:
@@ -258,13 +270,18 @@ class ImageBuilder:
             if not target.exists():
                 packages = self._packages_tar(kind)
                 started = time.monotonic()
-                partial = target.with_suffix(".partial")
-                shutil.copyfile(packages, partial)
-                self._append_files(partial, kind)
-                partial.rename(target)
+                if kind.files:
+                    self._add_files(packages, target, kind)
+                else:
+                    # Nothing to add: the stage-2 tar is the image.
+                    os.link(packages, target)
                 self._prune(f"{kind.name}-image-", target)
-                log.info("images: %s image built in %.1fs (%d MiB)",
-                         kind.name, time.monotonic() - started, target.stat().st_size >> 20)
+                log.info(
+                    "images: %s image built in %.1fs (%d MiB)",
+                    kind.name,
+                    time.monotonic() - started,
+                    target.stat().st_size >> 20,
+                )
         return target
 
     # -- stages ------------------------------------------------------------------------------
@@ -290,12 +307,19 @@ class ImageBuilder:
         started = time.monotonic()
         with self._workdir() as work:
             rootfs = work / "rootfs"
-            _run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), self.sources[SUITE]],
-                 "debootstrap", timeout=1800)
+            _run(
+                ["debootstrap", "--variant=minbase", SUITE, str(rootfs), self.sources[SUITE]],
+                "debootstrap",
+                timeout=1800,
+            )
             _pack(rootfs, target)
         self._prune(f"debian-{SUITE}-minbase-", target)
-        log.info("images: debootstrap of %s minbase in %.1fs (%d MiB)",
-                 SUITE, time.monotonic() - started, target.stat().st_size >> 20)
+        log.info(
+            "images: debootstrap of %s minbase in %.1fs (%d MiB)",
+            SUITE,
+            time.monotonic() - started,
+            target.stat().st_size >> 20,
+        )
         return target
 
     def _packages_tar(self, kind: ImageKind) -> Path:
@@ -312,7 +336,7 @@ class ImageBuilder:
             _run(["tar", "--numeric-owner", "-xpf", str(base), "-C", str(rootfs)], "unpack the base image")
             lines = [f"deb {self.sources[suite]} {suite} main" for suite in SUITES if suite in self.sources]
             (rootfs / "etc/apt/sources.list").write_text("\n".join(lines) + "\n")
-            # policy-rc.d answering 101 stops package scripts from starting services in the chroot.
+            # A policy-rc.d that exits 101 stops package scripts from starting services in the chroot.
             policy = rootfs / "usr/sbin/policy-rc.d"
             policy.write_text("#!/bin/sh\nexit 101\n")
             policy.chmod(0o755)
@@ -322,8 +346,21 @@ class ImageBuilder:
             with _chroot_mounts(rootfs, archives):
                 env = ["/usr/bin/env", "-i", f"PATH={CHROOT_PATH}", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C"]
                 _run(["chroot", str(rootfs), *env, "apt-get", "-q", "update"], "apt-get update", timeout=600)
-                _run(["chroot", str(rootfs), *env, "apt-get", "-q", "-y", "--no-install-recommends", "install",
-                      *kind.packages], f"apt-get install for the {kind.name} image", timeout=1800)
+                _run(
+                    [
+                        "chroot",
+                        str(rootfs),
+                        *env,
+                        "apt-get",
+                        "-q",
+                        "-y",
+                        "--no-install-recommends",
+                        "install",
+                        *kind.packages,
+                    ],
+                    f"apt-get install for the {kind.name} image",
+                    timeout=1800,
+                )
             for relative in PRUNED_PATHS:
                 _empty_folder(rootfs / relative)
             for locale in (rootfs / "usr/share/locale").glob("*"):
@@ -338,25 +375,31 @@ class ImageBuilder:
             resolv.write_text("")
             _pack(rootfs, target)
         self._prune(f"{kind.name}-packages-", target)
-        log.info("images: %s packages installed in %.1fs (%d MiB)",
-                 kind.name, time.monotonic() - started, target.stat().st_size >> 20)
+        log.info(
+            "images: %s packages installed in %.1fs (%d MiB)",
+            kind.name,
+            time.monotonic() - started,
+            target.stat().st_size >> 20,
+        )
         return target
 
-    def _append_files(self, tar_path: Path, kind: ImageKind) -> None:
-        with tarfile.open(tar_path, "a") as tar:
-            folders = sorted({parent for f in kind.files for parent in Path(f.target.lstrip("/")).parents
-                              if str(parent) != "."}, key=lambda p: len(p.parts))
-            for folder in folders:
-                info = tarfile.TarInfo(f"./{folder}")
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tar.addfile(info)
+    def _add_files(self, packages: Path, target: Path, kind: ImageKind) -> None:
+        """Write ``target``: the stage-2 tar with the kind's files added or replaced.
+
+        ``docker import`` rejects a tar that names one path twice, so the files are not appended:
+        the tree is unpacked, the files copied in and the tree packed again.
+        """
+        with self._workdir() as work:
+            rootfs = work / "rootfs"
+            rootfs.mkdir()
+            _run(["tar", "--numeric-owner", "-xpf", str(packages), "-C", str(rootfs)], "unpack the packages image")
             for file in kind.files:
-                data = self._source(file).read_bytes()
-                info = tarfile.TarInfo(f".{file.target}")
-                info.size = len(data)
-                info.mode = file.mode
-                tar.addfile(info, io.BytesIO(data))
+                destination = rootfs / file.target.lstrip("/")
+                destination.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                destination.unlink(missing_ok=True)
+                destination.write_bytes(self._source(file).read_bytes())
+                destination.chmod(file.mode)
+            _pack(rootfs, target)
 
     @contextmanager
     def _workdir(self) -> Iterator[Path]:
@@ -384,9 +427,13 @@ def _run(argv: list[str], step: str, timeout: float = 600) -> None:
 
 
 def _pack(rootfs: Path, target: Path) -> None:
+    """Pack ``rootfs`` into ``target``, which appears only once complete."""
     partial = target.with_suffix(".partial")
-    _run(["tar", "--numeric-owner", "--sort=name", "-C", str(rootfs), "-cf", str(partial), "."],
-         f"pack {target.name}", timeout=600)
+    _run(
+        ["tar", "--numeric-owner", "--sort=name", "-C", str(rootfs), "-cf", str(partial), "."],
+        f"pack {target.name}",
+        timeout=600,
+    )
     partial.rename(target)
 
 
@@ -420,7 +467,7 @@ def _chroot_mounts(rootfs: Path, archives: Path) -> Iterator[None]:
 
 
 def _kill_chroot_processes(rootfs: Path) -> None:
-    # A package script may leave a daemon behind despite policy-rc.d; it holds the mounts busy.
+    # A package script may leave a daemon behind despite policy-rc.d, and it keeps the mounts busy.
     resolved = str(rootfs.resolve())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
