@@ -90,7 +90,8 @@ def main() -> int:
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores); "
         f"`bench/bench_lab_scale.py --sizes {' '.join(map(str, args.sizes))}`; one run per size.",
         "",
-        "| nodes | boot (namespaces, sshd, dockerd, image) | swarm init + joins + Ready | total | Ready | RSS per node |",
+        "| nodes | boot (namespaces, sshd, dockerd, image) | swarm init + joins + Ready | total | Ready "
+        "| RSS per node |",
         "|---|---|---|---|---|---|",
         *[f"| {r['size']} | {r['boot_s']:.0f} s | {r['join_s']:.0f} s | {r['total_s']:.0f} s | {r['ready']} | "
           f"{r['rss_per_node_mb']:.0f} MB |" for r in rows],
