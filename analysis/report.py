@@ -99,8 +99,14 @@ def build_report(run_dir: Path, meta: dict, phases: dict[str, dict], inventory: 
     if "tuning" in phases:
         out += tuning_section(phases["tuning"])
 
+    failed = {name: r for name, r in phases.items() if r.get("status") == "failed" and r.get("error")}
+    if failed:
+        out += ["## Failed phases", ""]
+        out += [f"- **{name}**: {r['error']}" for name, r in failed.items()]
+        out += [""]
+
     for name, result in phases.items():
-        if result.get("kind") == "scale":
+        if result.get("kind") == "scale" and "steps" in result:
             out += scale_section(run_dir, name, result)
             summary["phases"][name] = {
                 "max_running": result.get("max_running"),

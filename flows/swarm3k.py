@@ -90,6 +90,19 @@ def swarm3k(spec_path: str = str(DEFAULT_SPEC), run_id: str | None = None, new_r
     return finish(run, failed, teardown)
 
 
+def check_run_id(experiment: str, run_id: str, runs_dir: Path) -> None:
+    """Reject a --run-id that names no resumable run, before Prefect starts."""
+    from swarmlab.record import RunRecord
+    from swarmlab.runs import FINISHED
+
+    record = RunRecord(experiment, run_id, runs_dir)
+    if not (record.path / "spec.yaml").exists():
+        raise RunConflict(f"run {run_id!r} of experiment {experiment!r} not found under {runs_dir}")
+    status = record.meta().get("status")
+    if status in FINISHED:
+        raise RunConflict(f"run {run_id} is {status.replace('_', ' ')}; start a new run with --new-run")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.swarm3k",
@@ -108,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        load_spec(args.spec)  # a bad spec stops here, before Prefect starts or anything is created
+        spec = load_spec(args.spec)  # a bad spec stops here, before Prefect starts or anything is created
+        if args.run_id:
+            check_run_id(spec.name, args.run_id, Path(args.runs_dir))
         path = swarm3k(spec_path=args.spec, run_id=args.run_id, new_run=args.new_run,
                        teardown=args.teardown, runs_dir=args.runs_dir)
     except (SpecError, RunConflict) as error:

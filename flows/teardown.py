@@ -26,6 +26,7 @@ logging.getLogger("swarmlab").setLevel(logging.INFO)
 
 from swarmlab.providers import get_provider  # noqa: E402
 from swarmlab.record import RUNS_ROOT, RunRecord  # noqa: E402
+from swarmlab.runs import mark_unfinished_torn_down  # noqa: E402
 from swarmlab.spec import DEFAULT_SPEC, SpecError, load_spec  # noqa: E402
 
 
@@ -36,9 +37,12 @@ def teardown(
     """Destroy the nodes of ``run_id`` (all of the experiment's when None) and mark the run torn down."""
     spec = load_spec(spec_path)
     removed = get_provider(spec).teardown(run_id)
-    record = RunRecord(spec.name, run_id, Path(runs_dir)) if run_id else None
-    if record and record.path.exists():
-        record.update_meta(status="torn_down", torn_down_at=time.time())
+    if run_id:
+        record = RunRecord(spec.name, run_id, Path(runs_dir))
+        if record.path.exists():
+            record.update_meta(status="torn_down", torn_down_at=time.time())
+    else:
+        mark_unfinished_torn_down(spec.name, Path(runs_dir))
     get_run_logger().info("teardown: %d nodes removed: %s", len(removed), ", ".join(removed) or "none")
     return removed
 
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - the flow logged the traceback; say it in one line
+        print(f"error: teardown failed: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

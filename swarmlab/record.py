@@ -119,6 +119,6 @@ def find_resumable(experiment: str, root: Path = RUNS_ROOT) -> RunRecord | None:
     for candidate in sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True):
         record = RunRecord(experiment, candidate.name, root)
         status = record.meta().get("status")
-        if status not in ("completed", "torn_down"):
+        if status not in ("completed", "torn_down", "abandoned"):
             return record
     return None

@@ -14,6 +14,9 @@ from swarmlab.spec import ExperimentSpec, SpecError, load_spec
 log = logging.getLogger(__name__)
 
 
+FINISHED = ("completed", "torn_down", "abandoned")
+
+
 class RunConflict(RuntimeError):
     """The requested run cannot continue with the given spec."""
 
@@ -36,6 +39,10 @@ def open_run(
         record = RunRecord(spec.name, run_id, runs_root)
         if not (record.path / "spec.yaml").exists():
             raise RunConflict(f"run {run_id!r} of experiment {spec.name!r} not found under {runs_root}")
+        status = record.meta().get("status")
+        if status in FINISHED:
+            raise RunConflict(f"run {run_id} is {status.replace('_', ' ')}; its record stays as it is. "
+                              "Start a new run with --new-run")
     elif not new_run:
         record = find_resumable(spec.name, runs_root)
     else:
@@ -67,3 +74,20 @@ def open_run(
 
 
 __all__ = ["open_run", "RunConflict", "SpecError"]
+
+
+def mark_abandoned(record: RunRecord, reason: str) -> None:
+    """Take a run that cannot go on (its lab belongs to another run) out of the resumable runs."""
+    record.update_meta(status="abandoned", abandoned_because=reason, abandoned_at=time.time())
+
+
+def mark_unfinished_torn_down(experiment: str, runs_root: Path) -> list[str]:
+    """After removing all of an experiment's nodes, no unfinished run of it can resume."""
+    folder = Path(runs_root) / experiment
+    marked = []
+    for candidate in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.exists() else []:
+        record = RunRecord(experiment, candidate.name, runs_root)
+        if record.meta().get("status") not in FINISHED:
+            record.update_meta(status="torn_down", torn_down_at=time.time())
+            marked.append(candidate.name)
+    return marked

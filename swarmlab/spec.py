@@ -91,9 +91,11 @@ class LabSettings(_Model):
         "10.213.0.0/24",
         description="Private IPv4 range for node addresses; nothing else on the machine may use it.",
     )
-    bridge: str = Field("swl0", pattern=r"^[a-z][a-z0-9]{1,11}$")
-    prefix: str = Field("swl", pattern=r"^[a-z][a-z0-9]{1,5}$", description="Namespace name prefix.")
-    state_dir: str = Field("/var/lib/swarmlab", description="Where node folders live.")
+    # Lab names start with "sw" so that `lab down` can never match an interface or folder that
+    # something else on the machine made (eth0, docker0, /var/lib/docker ...).
+    bridge: str = Field("swl0", pattern=r"^sw[a-z0-9]{1,9}$")
+    prefix: str = Field("swl", pattern=r"^sw[a-z0-9]{1,4}$", description="Namespace name prefix, e.g. swl.")
+    state_dir: str = Field("/var/lib/swarmlab", pattern=r"^/", description="Where node folders live (absolute).")
     node_boot_timeout: float = Field(90.0, gt=0, le=1800)
 
     @field_validator("subnet")
@@ -103,8 +105,11 @@ class LabSettings(_Model):
             network = ipaddress.IPv4Network(value, strict=True)
         except ValueError as error:
             raise ValueError(f"not an IPv4 network in CIDR form ({error}); e.g. 10.213.0.0/24") from None
-        if not network.is_private:
-            raise ValueError("must be a private range (10/8, 172.16/12 or 192.168/16)")
+        private = [ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+        if not any(network.subnet_of(block) for block in private):
+            raise ValueError("must lie in a private range (10/8, 172.16/12 or 192.168/16), e.g. 10.213.0.0/24")
+        if network.prefixlen < 16:
+            raise ValueError("is too large; use /16 or smaller so it cannot cover other networks")
         if network.prefixlen > 28:
             raise ValueError("is too small; use /28 or larger")
         return value
@@ -119,6 +124,10 @@ class DigitalOceanSettings(_Model):
     image: str = "debian-12-x64"
     ssh_keys: list[str] = Field(
         default_factory=list, description="SSH key ids or fingerprints registered on the account."
+    )
+    ssh_private_key: str = Field(
+        "~/.ssh/id_ed25519",
+        description="Private key matching one of ssh_keys, used to reach the droplets; $SWARMLAB_SSH_KEY overrides.",
     )
     tags: list[str] = Field(default_factory=list)
     vpc_uuid: str | None = None
@@ -262,7 +271,7 @@ class ScalePhase(_Model):
     name: str = Field("scale", pattern=NAME_PATTERN)
     image: str = "swarmlab/tiny:latest"
     command: list[str] = Field(default_factory=lambda: ["sleep", "1000000"])
-    steps: list[int] = Field(default_factory=lambda: [50, 100, 200])
+    steps: list[Annotated[int, Field(le=10_000_000)]] = Field(default_factory=lambda: [50, 100, 200])
     step_deadline: float = Field(180.0, gt=0, le=86400)
     sample_interval: float = Field(1.0, gt=0, le=60)
     abort: AbortCriteria = AbortCriteria()
@@ -291,6 +300,14 @@ class NginxMeshPhase(_Model):
     deadline: float = Field(180.0, gt=0)
     keep: bool = False
     profile: bool = True
+    publish_mode: Literal["auto", "ingress", "host"] = Field(
+        "auto",
+        description="ingress: replicas behind the routing mesh (needs IPVS on every node); host: a global "
+        "service publishing on each node; auto: ingress where every node has IPVS, host otherwise.",
+    )
+    requests_per_node: int = Field(
+        20, ge=1, le=10000, description="HTTP requests sent to each node for the latency figures."
+    )
 
 
 class MysqlWordpressPhase(_Model):

@@ -42,6 +42,18 @@ def run_credentials(run: RunHandle) -> MonitoringCredentials:
         return credentials
 
 
+def forget_credentials(run: RunHandle) -> None:
+    """Delete the run's monitoring passwords once its nodes are gone."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            document = client.read_block_document_by_name(secret_block_name(run), "secret")
+        except Exception:  # noqa: BLE001 - no block: monitoring was off or it is already gone
+            return
+        client.delete_block_document(document.id)
+
+
 @task(name="monitoring", retries=1, retry_delay_seconds=10, timeout_seconds=900)
 def monitoring(run: RunHandle, inventory: Inventory) -> str | None:
     """Deploy InfluxDB (and, on cloud runs, Telegraf and Grafana) and start the observer."""

@@ -6,6 +6,8 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact
 
 from swarmlab.inventory import Inventory
+from swarmlab.lab import LabError
+from swarmlab.runs import mark_abandoned
 from tasks.common import RunHandle, publish
 
 
@@ -14,7 +16,12 @@ def provision(run: RunHandle) -> Inventory:
     """Create the missing nodes; never cached, because the provider's listing is the truth."""
     provider = run.provider()
     progress = create_progress_artifact(progress=0.0, description=f"nodes of run {run.run_id}")
-    result = provider.provision(run.run_id)
+    try:
+        result = provider.provision(run.run_id)
+    except LabError as error:
+        if "in use by run" in str(error):
+            mark_abandoned(run.record, str(error))
+        raise
     inventory = result.inventory
     run.record.save_inventory(inventory)
     from prefect.artifacts import update_progress_artifact

@@ -7,6 +7,7 @@ import time
 from prefect import get_run_logger, task
 
 from tasks.common import RunHandle, publish
+from tasks.monitoring import forget_credentials
 
 
 @task(name="teardown", retries=2, retry_delay_seconds=10, timeout_seconds=1800)
@@ -17,6 +18,7 @@ def teardown_nodes(run: RunHandle) -> list[str]:
     publish(run, "teardown", {"status": "completed", "seconds": round(time.monotonic() - started, 3),
                               "removed": removed}, f"{len(removed)} nodes removed")
     run.record.update_meta(status="torn_down", torn_down_at=time.time())
+    forget_credentials(run)
     return removed
 
 

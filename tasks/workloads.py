@@ -38,6 +38,11 @@ def workload(run: RunHandle, inventory: Inventory, phase_name: str) -> dict:
             run.record.save_phase(phase_name, {**error.result, "status": "failed", "error": str(error)})
             phase_event(run, phase_name, "end", status="failed")
             raise
+        except Exception as error:
+            run.record.save_phase(phase_name, {"kind": phase.kind, "phase": phase_name, "status": "failed",
+                                               "error": f"{type(error).__name__}: {error}"})
+            phase_event(run, phase_name, "end", status="failed")
+            raise
     phase_event(run, phase_name, "end", status=result.get("status", "completed"))
     publish(run, phase_name, result, summarise(result), rows=result.get("steps"))
     return result
@@ -70,7 +75,9 @@ def summarise(result: dict) -> str:
     return result.get("summary", f"{result.get('phase')}: {result.get('status')}")
 
 
-@task(name="profile", retries=1, retry_delay_seconds=5, timeout_seconds=900,
+# No task time-out: the profile runs in a worker thread, where Prefect cannot enforce one; the HTTP
+# request to pprof has its own (the capture length plus 60 s).
+@task(name="profile", retries=1, retry_delay_seconds=5,
       cache_key_fn=phase_key("profile"), persist_result=True, result_serializer="json",
       result_storage=RESULT_STORAGE, task_run_name="profile-{label}")
 def profile(run: RunHandle, inventory: Inventory, label: str) -> dict:

@@ -7,6 +7,8 @@ the lab made, and finds leftovers of a killed run by their names even when its s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -83,14 +85,48 @@ class Lab:
                 f"missing host tools: {', '.join(missing)}; install docker.io openssh-server iproute2 iptables"
             )
 
+    @property
+    def marker(self) -> Path:
+        """File that marks the lab folder as made by the lab, so `down` never deletes another folder."""
+        return self.root / ".swarmlab-lab"
+
     def ensure_base(self) -> None:
         """Create the lab folder, the client key and the bridge (idempotent)."""
         self.check_host()
+        if self.root.exists() and not self.marker.exists() and not self.client_key.exists():
+            raise LabError(f"{self.root} exists but was not made by the lab; choose another provider.lab.prefix "
+                           "or state_dir")
+        if not Path(f"/sys/class/net/{self.settings.bridge}").exists():
+            self.check_subnet_free()
         self.nodes_dir.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text("made by swarmlab.lab; `python -m swarmlab.lab down` removes this folder\n")
         os.chmod(self.root, 0o700)
         if not self.client_key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "swarmlab-client", "-f", str(self.client_key)])
         self.network.ensure_bridge()
+
+    def check_subnet_free(self) -> None:
+        """Reject a subnet that overlaps an address or route already on the host (another lab, eth0)."""
+        import ipaddress
+        import json as json_module
+
+        wanted = ipaddress.IPv4Network(self.settings.subnet)
+        routes = json_module.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]")
+        for route in routes:
+            destination = route.get("dst", "")
+            if destination in ("default", ""):
+                continue
+            if "/" not in destination:
+                destination = f"{destination}/32"
+            try:
+                network = ipaddress.IPv4Network(destination, strict=False)
+            except ValueError:
+                continue
+            if network.overlaps(wanted) and route.get("dev") != self.settings.bridge:
+                raise LabError(
+                    f"provider.lab.subnet {wanted} overlaps {network} on {route.get('dev')}, already on this host; "
+                    "choose another subnet"
+                )
 
     def states(self) -> list[NodeState]:
         if not self.nodes_dir.exists():
@@ -171,29 +207,44 @@ class Lab:
 
     # -- host-wide kernel settings --------------------------------------------------------
 
+    @property
+    def host_sysctls_file(self) -> Path:
+        # One file for every lab on the machine: the host kernel is one, so the original values
+        # are saved by the first lab that changes them and restored when the last lab goes down.
+        return Path(self.settings.state_dir) / "host-sysctls.json"
+
     def set_host_sysctls(self, values: dict[str, str]) -> dict[str, str]:
-        """Set kernel-wide sysctls on the host once, remembering the old values for :meth:`down`."""
-        saved_path = self.root / "host_sysctls.json"
-        saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
-        before = {}
-        for key, value in values.items():
-            path = Path("/proc/sys", *key.split("."))
-            current = " ".join(path.read_text().split())
-            before[key] = current
-            saved.setdefault(key, current)
-            saved_path.write_text(json.dumps(saved, indent=2))
-            path.write_text(str(value))
+        """Set kernel-wide sysctls on the host once, remembering the original values for :meth:`down`."""
+        with _host_lock(self.host_sysctls_file):
+            shared = _read_shared(self.host_sysctls_file)
+            before = {}
+            for key, value in values.items():
+                path = Path("/proc/sys", *key.split("."))
+                current = " ".join(path.read_text().split())
+                before[key] = current
+                shared["original"].setdefault(key, current)
+                if self.settings.prefix not in shared["labs"]:
+                    shared["labs"].append(self.settings.prefix)
+                _write_shared(self.host_sysctls_file, shared)
+                path.write_text(str(value))
         return before
 
     def restore_host_sysctls(self) -> dict[str, str]:
-        saved_path = self.root / "host_sysctls.json"
-        if not saved_path.exists():
+        """Forget this lab's use of the host sysctls; the last lab to go restores the original values."""
+        if not self.host_sysctls_file.exists():
             return {}
-        saved = json.loads(saved_path.read_text())
-        for key, value in saved.items():
-            Path("/proc/sys", *key.split(".")).write_text(value)
-        saved_path.unlink()
-        return saved
+        with _host_lock(self.host_sysctls_file):
+            shared = _read_shared(self.host_sysctls_file)
+            if self.settings.prefix in shared["labs"]:
+                shared["labs"].remove(self.settings.prefix)
+            if shared["labs"]:
+                _write_shared(self.host_sysctls_file, shared)
+                return {}
+            for key, value in shared["original"].items():
+                Path("/proc/sys", *key.split(".")).write_text(value)
+            self.host_sysctls_file.unlink()
+            self.host_sysctls_file.with_suffix(".lock").unlink(missing_ok=True)
+            return shared["original"]
 
     # -- teardown -------------------------------------------------------------------------
 
@@ -207,7 +258,7 @@ class Lab:
             bridges=bridge,
             iptables_rules=list_iptables_rules(self.settings.bridge),
             processes=processes,
-            folders=[str(self.root)] if self.root.exists() else [],
+            folders=[str(self.root)] if self.marker.exists() else [],
             cgroups=[str(p) for p in cgroup_dirs(self.cgroup_root)],
         )
 
@@ -229,12 +280,33 @@ class Lab:
         kill_cgroup_tree(self.cgroup_root)
         self.restore_host_sysctls()
         self.network.remove_bridge()
-        if self.root.exists():
+        if self.marker.exists() or self.client_key.exists():
+            # A folder with the lab's client key predates the marker file; it is the lab's too.
             _remove_tree(self.root)
+        elif self.root.exists():
+            log.warning("lab: %s was not made by the lab (no %s); left in place", self.root, self.marker.name)
         remaining = self.leftovers()
         log.info("lab: down in %.1fs, %d nodes removed, leftovers: %s",
                  time.monotonic() - started, len(names), remaining.describe())
         return remaining
+
+
+@contextlib.contextmanager
+def _host_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _read_shared(path: Path) -> dict:
+    if not path.exists():
+        return {"original": {}, "labs": []}
+    return json.loads(path.read_text())
+
+
+def _write_shared(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2))
 
 
 def _remove_tree(path: Path) -> None:

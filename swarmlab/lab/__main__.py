@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             states = lab.states()
             running = [s.name for s in states if lab.is_running(s.name)]
-            print(f"lab {lab_settings.prefix}: {len(running)}/{len(states)} nodes running "
-                  f"({', '.join(running) or 'none'}); leftovers: {lab.leftovers().describe()}")
+            names = ", ".join(running) or "none"
+            line = f"lab {lab_settings.prefix}: {len(running)}/{len(states)} nodes running ({names})"
+            if not states:
+                line += f"; leftovers of earlier labs: {lab.leftovers().describe()}"
+            print(line)
             continue
         remaining = lab.down()
         if not remaining.empty():

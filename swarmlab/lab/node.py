@@ -153,6 +153,7 @@ class LabNode:
     def wait_ready(self, timeout: float) -> None:
         """Wait until the engine answers on its host socket and sshd has its pid file."""
         import docker
+        import requests
 
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
@@ -168,7 +169,8 @@ class LabNode:
                         return
                     finally:
                         client.close()
-                except docker.errors.DockerException as error:
+                except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+                    # A loaded machine can take longer than the ping's own timeout; keep waiting.
                     last_error = error
             time.sleep(0.3)
         tail = self.log_tail()

@@ -9,7 +9,7 @@ stages, and every stage's tar is cached by the hash of what went into it:
 2. that base plus the kind's Debian packages, installed with ``apt-get`` in a chroot;
 3. those packages plus the kind's scripts and configuration files from ``deployments/images/``.
 
-Editing a script therefore rebuilds only stage 3, which takes seconds. The stage cache lives in
+Editing a script therefore rebuilds only stage 3 (2 s to 30 s on a 2-core machine). The stage cache lives in
 ``<state_dir>/image-cache`` (``/var/lib/swarmlab/image-cache`` by default), outside every lab's
 own folder, so it survives ``Lab.down()`` and is shared by labs with other prefixes. Delete the
 folder to force a rebuild, e.g. to pick up Debian security updates. A lab links the final tar

@@ -41,8 +41,14 @@ def capture_profiles(cluster: Cluster, spec: ProfilingSpec, label: str, folder: 
         "bytes": {kind: path.stat().st_size for kind, path in files.items()},
         "seconds": round(time.monotonic() - started, 3),
     }
-    log.info("profiles: %s: %ds CPU profile of %s%s (%d bytes)", label, spec.cpu_seconds, leader.name,
-             "" if result["was_leader"] else " (no longer the leader)", result["bytes"]["cpu"])
+    log.info(
+        "profiles: %s: %ds CPU profile of %s%s (%d bytes)",
+        label,
+        spec.cpu_seconds,
+        leader.name,
+        "" if result["was_leader"] else " (no longer the leader)",
+        result["bytes"]["cpu"],
+    )
     return result
 
 

@@ -87,8 +87,13 @@ def save_steps(path: Path, steps: list[StepResult]) -> None:
     path.write_text(json.dumps(items, indent=1))
 
 
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, paramiko.SSHException,
-                 OSError, EOFError)
+ENGINE_ERRORS = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    paramiko.SSHException,
+    OSError,
+    EOFError,
+)
 
 
 class LeaderTracker:
@@ -123,13 +128,19 @@ class LeaderTracker:
                 break
             except (*ENGINE_ERRORS, NoLeader) as error:
                 if time.monotonic() > stop:
-                    raise PhaseFailed(f"no leader answered for {self.deadline:.0f}s after {old} failed: "
-                                      f"{error}") from None
+                    raise PhaseFailed(
+                        f"no leader answered for {self.deadline:.0f}s after {old} failed: {error}"
+                    ) from None
                 time.sleep(1)
         found = time.monotonic()
-        event = {"at_seconds": round(lost_at - self.started, 1), "event": "leader request failed",
-                 "error": str(first_error)[:200], "from": old, "to": self.leader.name,
-                 "seconds_to_leader": round(found - lost_at, 1)}
+        event = {
+            "at_seconds": round(lost_at - self.started, 1),
+            "event": "leader request failed",
+            "error": str(first_error)[:200],
+            "from": old,
+            "to": self.leader.name,
+            "seconds_to_leader": round(found - lost_at, 1),
+        }
         self.events.append(event)
         log.info("scale: leader now %s (was %s), found after %.1fs", self.leader.name, old, found - lost_at)
         return result
@@ -177,9 +188,13 @@ def set_replicas(api, name: str, replicas: int) -> None:
         spec["Mode"] = {"Replicated": {"Replicas": replicas}}
         try:
             api.update_service(
-                inspect["ID"], inspect["Version"]["Index"],
-                task_template=spec["TaskTemplate"], name=spec["Name"], labels=spec.get("Labels"),
-                mode=spec["Mode"], endpoint_spec=spec.get("EndpointSpec"),
+                inspect["ID"],
+                inspect["Version"]["Index"],
+                task_template=spec["TaskTemplate"],
+                name=spec["Name"],
+                labels=spec.get("Labels"),
+                mode=spec["Mode"],
+                endpoint_spec=spec.get("EndpointSpec"),
             )
             return
         except docker.errors.APIError as error:
@@ -223,9 +238,16 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
         log.info(
             "scale: step %d/%d: %d/%d running in %.1fs, %.1f tasks/s (p50 %.1f, max %.1f), "
             "%d failed, leader CPU max %s%%",
-            number, len(phase.steps), step.running, target, step.seconds, step.throughput,
-            step.interval_rates.get("p50") or 0, step.interval_rates.get("max") or 0,
-            step.failed_tasks, _fmt(step.manager_cpu.get("max")),
+            number,
+            len(phase.steps),
+            step.running,
+            target,
+            step.seconds,
+            step.throughput,
+            step.interval_rates.get("p50") or 0,
+            step.interval_rates.get("max") or 0,
+            step.failed_tasks,
+            _fmt(step.manager_cpu.get("max")),
         )
         if progress:
             progress(number, len(phase.steps))
@@ -264,8 +286,15 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
     return result
 
 
-def run_step(cluster: Cluster, tracker: LeaderTracker, phase: ScalePhase, number: int, target: int,
-             running_before: int, failed_before: int) -> StepResult:
+def run_step(
+    cluster: Cluster,
+    tracker: LeaderTracker,
+    phase: ScalePhase,
+    number: int,
+    target: int,
+    running_before: int,
+    failed_before: int,
+) -> StepResult:
     tracker.call(lambda api: set_replicas(api, phase.name, target))
     started = time.monotonic()
     deadline = started + phase.step_deadline
@@ -283,20 +312,33 @@ def run_step(cluster: Cluster, tracker: LeaderTracker, phase: ScalePhase, number
         if cpu is not None:
             cpu_values.append(cpu)
         rate = (running - previous_running) / (now - previous_time)
-        samples.append(Sample(number, target, round(now - started, 3), running, desired, round(rate, 3),
-                              None if cpu is None else round(cpu, 1)))
+        samples.append(
+            Sample(
+                number,
+                target,
+                round(now - started, 3),
+                running,
+                desired,
+                round(rate, 3),
+                None if cpu is None else round(cpu, 1),
+            )
+        )
         previous_running, previous_time = running, now
         if running >= target:
             converged = True
             break
         criteria = phase.abort
         if criteria.max_manager_cpu and cpu is not None and cpu > criteria.max_manager_cpu:
-            aborted_by = (f"leader dockerd CPU {cpu:.0f}% over scale.abort.max_manager_cpu "
-                          f"{criteria.max_manager_cpu:.0f}% at {running}/{target} running")
+            aborted_by = (
+                f"leader dockerd CPU {cpu:.0f}% over scale.abort.max_manager_cpu "
+                f"{criteria.max_manager_cpu:.0f}% at {running}/{target} running"
+            )
             break
         if now > deadline:
-            aborted_by = (f"step {number} did not converge: {running}/{target} running after "
-                          f"{phase.step_deadline:.0f}s (phases[{phase.name}].step_deadline)")
+            aborted_by = (
+                f"step {number} did not converge: {running}/{target} running after "
+                f"{phase.step_deadline:.0f}s (phases[{phase.name}].step_deadline)"
+            )
             break
     seconds = time.monotonic() - started
     started_tasks = max(0, running - running_before)
@@ -305,17 +347,31 @@ def run_step(cluster: Cluster, tracker: LeaderTracker, phase: ScalePhase, number
     failure_rate = failed / max(1, started_tasks + failed)
     criteria = phase.abort
     if aborted_by is None and criteria.max_failure_rate < 1 and failure_rate > criteria.max_failure_rate:
-        aborted_by = (f"{failed} tasks failed or rejected in step {number} ({failure_rate:.0%}), over "
-                      f"abort.max_failure_rate {criteria.max_failure_rate:.0%}")
+        aborted_by = (
+            f"{failed} tasks failed or rejected in step {number} ({failure_rate:.0%}), over "
+            f"abort.max_failure_rate {criteria.max_failure_rate:.0%}"
+        )
     if aborted_by is None and criteria.min_throughput and throughput < criteria.min_throughput:
-        aborted_by = (f"step {number} throughput {throughput:.2f} tasks/s under abort.min_throughput "
-                      f"{criteria.min_throughput:.2f}")
+        aborted_by = (
+            f"step {number} throughput {throughput:.2f} tasks/s under abort.min_throughput "
+            f"{criteria.min_throughput:.2f}"
+        )
     rates = [s.rate for s in samples if s.rate is not None]
     return StepResult(
-        number=number, target=target, started_running=running_before, seconds=seconds, converged=converged,
-        running=running, tasks_started=started_tasks, throughput=throughput,
-        interval_rates=percentiles(rates), failed_tasks=failed, failure_rate=failure_rate,
-        manager_cpu=percentiles(cpu_values), aborted_by=aborted_by, samples=samples,
+        number=number,
+        target=target,
+        started_running=running_before,
+        seconds=seconds,
+        converged=converged,
+        running=running,
+        tasks_started=started_tasks,
+        throughput=throughput,
+        interval_rates=percentiles(rates),
+        failed_tasks=failed,
+        failure_rate=failure_rate,
+        manager_cpu=percentiles(cpu_values),
+        aborted_by=aborted_by,
+        samples=samples,
     )
 
 

@@ -46,7 +46,7 @@ def node_script(sysctls: dict[str, str], persist: bool) -> str:
         lines.append(
             f"b=$(sysctl -n {k} 2>&1 | tr -s '\\t ' ' '); sysctl -q -w {k}={v} >/dev/null 2>&1; rc=$?; "
             f"a=$(sysctl -n {k} 2>&1 | tr -s '\\t ' ' '); "
-            f"printf '{{\"key\": \"%s\", \"before\": \"%s\", \"after\": \"%s\", \"rc\": %d}}\\n' {k} \"$b\" \"$a\" $rc"
+            f'printf \'{{"key": "%s", "before": "%s", "after": "%s", "rc": %d}}\\n\' {k} "$b" "$a" $rc'
         )
     if persist and sysctls:
         body = "\\n".join(f"{key} = {value}" for key, value in sysctls.items())
@@ -102,9 +102,15 @@ def apply_tuning(cluster: Cluster, spec: TuningSpec, host_tuner=None) -> dict:
         nodes[node.name] = {"values": values, "arp_cache": parse_arp_cache(arp_text) if arp_text.strip() else None}
 
     failed = {name: str(err) for name, err in fan_out.failed.items()}
-    log.info("tuning: %d/%d nodes tuned, %d failed, %d values not applied; %.1fs wall, %.2fs client CPU",
-             len(fan_out.succeeded), len(cluster.inventory.nodes), len(failed), len(mismatches),
-             fan_out.seconds, fan_out.client_cpu_seconds)
+    log.info(
+        "tuning: %d/%d nodes tuned, %d failed, %d values not applied; %.1fs wall, %.2fs client CPU",
+        len(fan_out.succeeded),
+        len(cluster.inventory.nodes),
+        len(failed),
+        len(mismatches),
+        fan_out.seconds,
+        fan_out.client_cpu_seconds,
+    )
     result = {
         "status": "completed",
         "seconds": round(time.monotonic() - started, 3),
@@ -130,5 +136,3 @@ def apply_tuning(cluster: Cluster, spec: TuningSpec, host_tuner=None) -> dict:
 def read_host_arp_cache() -> dict[str, int] | None:
     path = Path("/proc/net/stat/arp_cache")
     return parse_arp_cache(path.read_text()) if path.exists() else None
-
-

@@ -46,8 +46,13 @@ def join_workers(cluster: Cluster, spec: WorkersSpec, progress=None) -> dict:
             listen_addr=f"{node.advertise_address}:2377",
         )
 
-    log.info("workers: %d in the inventory, %d already joined, %d to join (%d at a time)",
-             len(workers), len(workers) - len(pending), len(pending), spec.join_concurrency)
+    log.info(
+        "workers: %d in the inventory, %d already joined, %d to join (%d at a time)",
+        len(workers),
+        len(workers) - len(pending),
+        len(pending),
+        spec.join_concurrency,
+    )
     with ThreadPoolExecutor(max_workers=spec.join_concurrency) as pool:
         futures = {node.name: pool.submit(join, node) for node in pending}
     for name, future in futures.items():
@@ -57,8 +62,9 @@ def join_workers(cluster: Cluster, spec: WorkersSpec, progress=None) -> dict:
     join_seconds = time.monotonic() - started
 
     ready_at = wait_until_ready(cluster, spec, failed, progress)
-    times = {name: round(ready_at[name] - join_started.get(name, started), 3) for name in ready_at
-             if name in join_started}
+    times = {
+        name: round(ready_at[name] - join_started.get(name, started), 3) for name in ready_at if name in join_started
+    }
     not_ready = sorted(w.name for w in workers if w.name not in ready_at and w.name not in failed)
     external = count_external(cluster, spec)
     lost = len(failed) + len(not_ready)
@@ -105,8 +111,10 @@ def wait_until_ready(cluster: Cluster, spec: WorkersSpec, failed: dict, progress
             name = workers.get(item.get("Status", {}).get("Addr"))
             if name and item.get("Status", {}).get("State") == "ready" and name not in ready_at:
                 ready_at[name] = now
-        summary = (f"workers: {len(ready_at)}/{len(workers)} Ready, {len(failed)} failed, "
-                   f"{expected - len(ready_at)} waiting, deadline in {max(0, deadline - now):.0f}s")
+        summary = (
+            f"workers: {len(ready_at)}/{len(workers)} Ready, {len(failed)} failed, "
+            f"{expected - len(ready_at)} waiting, deadline in {max(0, deadline - now):.0f}s"
+        )
         if summary.split(", deadline")[0] != last:
             log.info(summary)
             last = summary.split(", deadline")[0]
@@ -123,8 +131,11 @@ def count_external(cluster: Cluster, spec: WorkersSpec) -> int:
     deadline = time.monotonic() + spec.external.wait_seconds
     while True:
         items = cluster.engine(cluster.leader()).api.nodes(filters={"role": "worker"})
-        external = [i for i in items if i.get("Status", {}).get("Addr") not in known
-                    and i.get("Status", {}).get("State") == "ready"]
+        external = [
+            i
+            for i in items
+            if i.get("Status", {}).get("Addr") not in known and i.get("Status", {}).get("State") == "ready"
+        ]
         if len(external) >= spec.external.expected or time.monotonic() >= deadline:
             if spec.external.expected:
                 log.info("workers: %d/%d external workers Ready", len(external), spec.external.expected)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from swarmlab.inventory import Inventory, node_name
-from swarmlab.lab import Lab, NodePlan
+from swarmlab.lab import Lab, LabError, NodePlan
 from swarmlab.lab.images import ImageRecipe
 from swarmlab.providers.base import ProvisionResult
 from swarmlab.spec import ExperimentSpec
@@ -76,7 +76,13 @@ class LabProvider:
         )
 
     def teardown(self, run_id: str | None) -> list[str]:
-        names = [s.name for s in self.lab.states() if run_id is None or s.run_id == run_id]
+        """Remove the lab if it belongs to ``run_id`` (any run when None); another run's lab is kept."""
+        states = self.lab.states()
+        owners = sorted({s.run_id for s in states})
+        if run_id is not None and owners and owners != [run_id]:
+            raise LabError(f"the lab {self.spec.provider.lab.prefix!r} belongs to run(s) {', '.join(owners)}, "
+                           f"not {run_id}; nothing removed")
+        names = [s.name for s in states]
         leftovers = self.lab.down()
         if not leftovers.empty():
             raise RuntimeError(f"lab teardown left: {leftovers.describe()}")
