@@ -83,7 +83,9 @@ def test_worker_dockerd_killed(lab, tmp_path):
     assert error is None or isinstance(error, PhaseFailed), error
     if result:
         assert result["status"] == "completed"
-        assert result["max_running"] == 50
+        # At least the target: the restarted worker's old containers may run beside their
+        # replacements until swarm reconciles them.
+        assert result["max_running"] >= 50
     print(f"worker dockerd killed: phase ended in {seconds:.0f}s, error: {error}")
 
 

@@ -15,6 +15,10 @@ def base() -> dict:
     return yaml.safe_load(DEFAULT_SPEC.read_text())
 
 
+def scale_index(data: dict) -> int:
+    return next(i for i, phase in enumerate(data["phases"]) if phase["kind"] == "scale")
+
+
 def problems(data: dict) -> list[tuple[str, str]]:
     with pytest.raises(SpecError) as caught:
         parse_spec(data, source="t.yaml")
@@ -26,7 +30,7 @@ def test_default_spec_is_valid():
     assert spec.provider.kind == "lab"
     assert spec.managers.count == 3
     assert spec.workers.count == 4
-    assert [p.kind for p in spec.phases][0] == "scale"
+    assert [p.kind for p in spec.phases] == ["mysql_wordpress", "nginx_mesh", "scale"]
 
 
 def test_even_manager_count():
@@ -49,16 +53,17 @@ def test_unknown_phase_kind():
     data = base()
     data["phases"].append({"kind": "chaos_monkey", "name": "chaos"})
     [(field, message)] = problems(data)
-    assert field == "phases[1:chaos]"
+    assert field == f"phases[{len(data['phases']) - 1}:chaos]"
     assert "unknown phase kind 'chaos_monkey'" in message
     assert "scale, nginx_mesh, mysql_wordpress" in message
 
 
 def test_negative_scale_target():
     data = base()
-    data["phases"][0]["steps"] = [50, -100]
+    index = scale_index(data)
+    data["phases"][index]["steps"] = [50, -100]
     [(field, message)] = problems(data)
-    assert field == "phases[0:scale].steps"
+    assert field == f"phases[{index}:scale].steps"
     assert "-100" in message and "positive" in message
 
 
@@ -81,9 +86,10 @@ def test_unknown_field_and_wrong_type_together():
 
 def test_decreasing_steps_rejected():
     data = base()
-    data["phases"][0]["steps"] = [100, 50]
+    index = scale_index(data)
+    data["phases"][index]["steps"] = [100, 50]
     [(field, message)] = problems(data)
-    assert field == "phases[0:scale].steps"
+    assert field == f"phases[{index}:scale].steps"
     assert "increase" in message
 
 
