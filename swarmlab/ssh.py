@@ -175,7 +175,15 @@ class SSHPool:
         """Run ``command`` on ``node``; with ``check``, raise :class:`CommandFailed` on a non-zero exit."""
         started = time.monotonic()
         client = self.client(node)
-        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        try:
+            _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        except paramiko.SSHException as error:
+            # A cached connection can stop opening channels (sshd overloaded or restarted):
+            # replace it once and retry, instead of failing the node.
+            log.warning("ssh: %s: %s; reconnecting once", node.name, error)
+            self.drop(node.name)
+            client = self.client(node)
+            _, stdout, stderr = client.exec_command(command, timeout=timeout)
         out = stdout.read().decode(errors="replace")
         err = stderr.read().decode(errors="replace")
         status = stdout.channel.recv_exit_status()
@@ -210,6 +218,13 @@ class SSHPool:
         outcome.seconds = time.monotonic() - started
         outcome.client_cpu_seconds = _process_cpu() - cpu_before
         return outcome
+
+    def drop(self, name: str) -> None:
+        """Close and forget the cached connection to node ``name``."""
+        with self._guard:
+            client = self._clients.pop(name, None)
+        if client is not None:
+            client.close()
 
     def close(self) -> None:
         with self._guard:
