@@ -46,7 +46,7 @@ def known_hosts_line(node: Node) -> list[str]:
 
 
 def new_client(node: Node) -> paramiko.SSHClient:
-    """An SSHClient that accepts only the node's pinned host keys (not yet connected)."""
+    """Return an SSHClient, not yet connected, that accepts only the node's pinned host keys."""
     if not node.host_keys:
         raise HostKeyMismatch(f"node {node.name} ({node.address}) has no pinned host key; re-provision it")
     client = paramiko.SSHClient()

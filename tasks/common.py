@@ -1,4 +1,4 @@
-"""What every phase task shares: the run handle, resume keys, result storage and artifacts."""
+"""Shared pieces of the phase tasks: the run handle, resume keys, result storage and artifacts."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ class Lab:
         import ipaddress
         import json as json_module
 
-        wanted = ipaddress.IPv4Network(self.settings.subnet)
+        requested = ipaddress.IPv4Network(self.settings.subnet)
         routes = json_module.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]")
         for route in routes:
             destination = route.get("dst", "")
@@ -122,9 +122,9 @@ class Lab:
                 network = ipaddress.IPv4Network(destination, strict=False)
             except ValueError:
                 continue
-            if network.overlaps(wanted) and route.get("dev") != self.settings.bridge:
+            if network.overlaps(requested) and route.get("dev") != self.settings.bridge:
                 raise LabError(
-                    f"provider.lab.subnet {wanted} overlaps {network} on {route.get('dev')}, already on this host; "
+                    f"provider.lab.subnet {requested} overlaps {network} on {route.get('dev')}, already on this host; "
                     "choose another subnet"
                 )
 
@@ -152,7 +152,11 @@ class Lab:
                 "with `python -m flows.swarm3k --run-id ID`, or remove it with `python -m flows.teardown`"
             )
         public_key = self.client_key.with_suffix(".pub").read_text()
-        recipes = (((images.TINY,) if tiny_image else ()) + tuple(extra_images)) if engines else ()
+        recipes: tuple[images.ImageRecipe, ...] = ()
+        if engines:
+            recipes = tuple(extra_images)
+            if tiny_image:
+                recipes = (images.TINY, *recipes)
         tars = {recipe.reference: images.cached_tar(recipe, self.root / "images") for recipe in recipes}
 
         def boot(plan: NodePlan) -> NodeState:

@@ -24,7 +24,10 @@ PREFIX = re.compile(r"sw[a-z0-9]{0,4}")
 
 
 def known_labs(state_dir: Path) -> list[LabSettings]:
-    """Every lab this machine has a folder or namespaces for; bridges follow the "<prefix>0" pattern."""
+    """Return the settings of every lab with a folder, namespaces or bridge on this machine.
+
+    Bridges are assumed to follow the "<prefix>0" pattern (swl0 for the default lab swl).
+    """
     folders = state_dir.iterdir() if state_dir.exists() else []
     prefixes = {p.name for p in folders if p.is_dir() and PREFIX.fullmatch(p.name)}
     if NETNS_DIR.exists():

@@ -59,7 +59,7 @@ DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 setsid dockerd \\
 
 @dataclass(frozen=True)
 class NodeState:
-    """What the lab stores about a node in ``nodes/<name>/node.json``."""
+    """A node's record in ``nodes/<name>/node.json``: name, role, slot, address, run and host key."""
 
     name: str
     role: str
@@ -219,7 +219,7 @@ class LabNode:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and (self.dockerd_pid or self.sshd_pid):
             time.sleep(0.2)
-        # Whatever still holds the namespace (shims, containerd, SSH sessions) keeps it alive.
+        # Any process left in the namespace (shims, containerd, SSH sessions) keeps it alive.
         if (NETNS_DIR / self.netns).exists():
             for pid in netns_pids(self.netns):
                 _signal(pid, signal.SIGKILL)
@@ -237,7 +237,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def cgroup_dirs(parent: str) -> list[Path]:
-    """Every cgroup folder named ``parent`` (absolute, e.g. ``/swarmlab/lab-m1``) in each hierarchy."""
+    """Return the cgroup folders named ``parent`` (absolute, e.g. ``/swarmlab-swl/lab-m1``) in each hierarchy."""
     relative = parent.strip("/")
     found: list[Path] = []
     roots = [CGROUP_ROOT] if (CGROUP_ROOT / "cgroup.procs").exists() else sorted(CGROUP_ROOT.iterdir())

@@ -3,7 +3,7 @@
 :func:`start_monitoring` deploys what the provider can run and starts the observer; the returned
 :class:`MonitoringSession` is stopped after the report has read its measurements back.
 Where an image cannot be pulled (the lab reaches no registry), Telegraf and Grafana are skipped
-with one log line each, and :attr:`MonitoringSession.skipped` says why, for the report.
+with one log line each, and :attr:`MonitoringSession.skipped` records why, for the report.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class MonitoringSession:
         self.store.events(phase, kind, **fields)
 
     def stop(self) -> dict:
-        """Stop sampling, flush the buffer and return what the report says about monitoring."""
+        """Stop sampling, flush the buffer and return the monitoring summary for the report."""
         if self.observer.running:
             self.observer.stop(timeout=30)
         self.store.flush()

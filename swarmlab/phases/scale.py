@@ -129,7 +129,7 @@ class LeaderTracker:
             except (*ENGINE_ERRORS, NoLeader) as error:
                 if time.monotonic() > stop:
                     raise PhaseFailed(
-                        f"no leader answered for {self.deadline:.0f}s after {old} failed: {error}"
+                        f"no leader responded for {self.deadline:.0f}s after {old} failed: {error}"
                     ) from None
                 time.sleep(1)
         found = time.monotonic()
@@ -376,7 +376,7 @@ def run_step(
 
 
 def leader_cpu(cluster: Cluster, leader) -> float | None:
-    """The leader's dockerd CPU percent, or None while it cannot be read (the node is failing)."""
+    """Return the leader's dockerd CPU percent, or None while it cannot be read (the node is failing)."""
     try:
         return cluster.dockerd_cpu(leader)[0]
     except ENGINE_ERRORS:

@@ -2,7 +2,7 @@
 
 The neighbour-table thresholds (``net.ipv4.neigh.default.gc_thresh1/2/3``) and
 ``/proc/net/stat/arp_cache`` exist once per kernel. Where all nodes share one kernel (the lab),
-the provider says so and those keys are set once on the host; everything else is per node.
+the provider reports it, so those keys are set once on the host. Everything else is per node.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def parse_arp_cache(text: str) -> dict[str, int]:
 
 
 def node_script(sysctls: dict[str, str], persist: bool) -> str:
-    """A shell script that prints one JSON line per key with the before and after value."""
+    """Return a shell script that prints one JSON line per key with the before and after value."""
     lines = ["set -u"]
     for key, value in sysctls.items():
         k, v = shlex.quote(key), shlex.quote(str(value))
