@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -38,3 +39,28 @@ def lab_spec_data(prefix: str, subnet: str, managers: int = 1, workers: int = 2,
     }
     data.update(extra)
     return data
+
+
+@contextlib.contextmanager
+def formed_swarm(prefix: str, subnet: str, managers: int, workers: int):
+    """Boot a lab, form its swarm and yield ``(provider, cluster)``; the lab is removed afterwards.
+
+    The exit asserts that ``Lab.down`` left nothing, so every test using it checks clean-up too.
+    """
+    from swarmlab.cluster import Cluster
+    from swarmlab.phases.managers import init_managers
+    from swarmlab.phases.workers import join_workers
+    from swarmlab.providers.lab import LabProvider
+    from swarmlab.spec import parse_spec
+
+    spec = parse_spec(lab_spec_data(prefix, subnet, managers=managers, workers=workers))
+    provider = LabProvider(spec)
+    try:
+        result = provider.provision("r1")
+        with Cluster(result.inventory, provider.ssh_identity) as cluster:
+            init_managers(cluster, spec.managers)
+            join_workers(cluster, spec.workers)
+            yield provider, cluster
+    finally:
+        leftovers = provider.lab.down()
+        assert leftovers.empty(), leftovers.describe()

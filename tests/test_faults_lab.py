@@ -10,12 +10,9 @@ import pytest
 
 from swarmlab.cluster import Cluster
 from swarmlab.phases import PhaseFailed
-from swarmlab.phases.managers import init_managers
 from swarmlab.phases.scale import run_scale, service_counts
-from swarmlab.phases.workers import join_workers
-from swarmlab.providers.lab import LabProvider
-from swarmlab.spec import ScalePhase, parse_spec
-from tests.conftest import lab_spec_data
+from swarmlab.spec import ScalePhase
+from tests.conftest import formed_swarm
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -24,17 +21,8 @@ PHASE_DEADLINE = 420  # seconds: three steps of 120 s, scale-down and leader cha
 
 @pytest.fixture(scope="module")
 def lab():
-    spec = parse_spec(lab_spec_data("swx", "10.213.10.0/24", managers=3, workers=2))
-    provider = LabProvider(spec)
-    try:
-        result = provider.provision("r1")
-        with Cluster(result.inventory, provider.ssh_identity) as cluster:
-            init_managers(cluster, spec.managers)
-            join_workers(cluster, spec.workers)
-        yield provider, result.inventory
-    finally:
-        leftovers = provider.lab.down()
-        assert leftovers.empty(), leftovers.describe()
+    with formed_swarm("swx", "10.213.10.0/24", managers=3, workers=2) as (provider, cluster):
+        yield provider, cluster.inventory
 
 
 def run_with_fault(provider, inventory, name: str, inject, tmp_path) -> tuple[dict | None, Exception | None, float]:

@@ -6,29 +6,17 @@ import pytest
 
 from swarmlab.cluster import Cluster
 from swarmlab.phases import PhaseFailed
-from swarmlab.phases.managers import init_managers
 from swarmlab.phases.scale import remove_service, run_scale, scale_down, service_counts
-from swarmlab.phases.workers import join_workers
-from swarmlab.providers.lab import LabProvider
-from swarmlab.spec import ScalePhase, parse_spec
-from tests.conftest import lab_spec_data
+from swarmlab.spec import ScalePhase
+from tests.conftest import formed_swarm
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    spec = parse_spec(lab_spec_data("sws", "10.213.6.0/24", managers=1, workers=3))
-    provider = LabProvider(spec)
-    try:
-        result = provider.provision("r1")
-        with Cluster(result.inventory, provider.ssh_identity) as cluster:
-            init_managers(cluster, spec.managers)
-            join_workers(cluster, spec.workers)
-            yield cluster
-    finally:
-        leftovers = provider.lab.down()
-        assert leftovers.empty(), leftovers.describe()
+    with formed_swarm("sws", "10.213.6.0/24", managers=1, workers=3) as (_, cluster):
+        yield cluster
 
 
 def tasks_per_node(cluster: Cluster, service: str) -> dict[str, int]:
