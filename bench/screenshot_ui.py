@@ -12,10 +12,7 @@ server by its PID. Chromium (Debian package ``chromium``) opens only 127.0.0.1 a
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,9 +25,12 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.prefect_server import prefect_server  # noqa: E402
+
 DEFAULT_OUT = REPO / "docs" / "img" / "prefect-run-artifacts.png"
 PYTHON = sys.executable
-PREFECT = str(Path(PYTHON).parent / "prefect")
 LAB_SPEC = {
     "name": "uiswp",
     "provider": {"kind": "lab", "lab": {"prefix": "swp", "bridge": "swp0", "subnet": "10.213.9.0/24"}},
@@ -77,43 +77,6 @@ def screenshot(url: str, out: Path, timeout: float = 180) -> None:
         raise RuntimeError(f"chromium failed ({done.returncode}) on {url}: {done.stderr[-2000:]}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen, dict[str, str]]:
-    """Start ``prefect server start`` on a free loopback port; return the process and a client environment."""
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PATH=f"{Path(PYTHON).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5):
-                return process, env
-        except (urllib.error.URLError, OSError):
-            time.sleep(1)
-    stop_server(process)
-    raise RuntimeError("prefect server not healthy within 240s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
 def run_lab_experiment(env: dict, folder: Path) -> str:
     """Run the small lab experiment against the server in ``env``; return its flow run id."""
     from prefect.client.orchestration import get_client
@@ -146,13 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         screenshot(ARTIFACTS_PAGE.format(ui=ui, flow_run_id=args.flow_run_id), args.out)
     else:
         with tempfile.TemporaryDirectory(prefix="swarmlab-ui-") as folder:
-            process, env = start_server(Path(folder))
-            try:
+            with prefect_server(Path(folder) / "prefect-home") as env:
                 flow_run_id = run_lab_experiment(env, Path(folder))
                 ui = env["PREFECT_API_URL"].removesuffix("/api")
                 screenshot(ARTIFACTS_PAGE.format(ui=ui, flow_run_id=flow_run_id), args.out)
-            finally:
-                stop_server(process)
     print(f"{args.out}: {args.out.stat().st_size} bytes in {time.monotonic() - started:.0f}s")
     return 0
 

@@ -28,6 +28,7 @@ logging.getLogger("swarmlab").setLevel(logging.INFO)
 
 from prefect import runtime as prefect_runtime  # noqa: E402
 
+from swarmlab import failpoints  # noqa: E402
 from swarmlab.record import RUNS_ROOT  # noqa: E402
 from swarmlab.runs import RunConflict, open_run  # noqa: E402
 from swarmlab.spec import DEFAULT_SPEC, SpecError, load_spec  # noqa: E402
@@ -65,14 +66,28 @@ def swarm3k(spec_path: str = str(DEFAULT_SPEC), run_id: str | None = None, new_r
     """Run (or resume) one Docker Swarm scale experiment end to end; return the report's path."""
     run = start(spec_path, run_id, new_run, runs_dir)
     spec = run.spec
+    failpoints.reach("after:start")
+    meta = run.record.meta()
+    if meta["attempts"][-1].get("found_status") == "tearing_down":
+        # The last attempt finished every phase and was removing the nodes: finish that, and
+        # do not provision again what it had already removed.
+        get_run_logger().info("run %s: the last attempt stopped while removing its nodes; finishing the teardown",
+                              run.run_id)
+        return finish(run, meta.get("failed_phases", []), teardown)
 
     inventory = provision(run)
+    failpoints.reach("after:provision")
     managers(run, inventory)
+    failpoints.reach("after:managers")
     workers(run, inventory)
+    failpoints.reach("after:workers")
     tuning(run, inventory)
+    failpoints.reach("after:tuning")
     influxdb = monitoring(run, inventory)
+    failpoints.reach("after:monitoring")
     if spec.profiling.enabled and spec.profiling.idle:
         profile(run, inventory, "idle")
+        failpoints.reach("after:profile-idle")
 
     failed = []
     for phase in spec.phases:
@@ -84,9 +99,12 @@ def swarm3k(spec_path: str = str(DEFAULT_SPEC), run_id: str | None = None, new_r
             capture.wait()
         if state.is_failed():
             failed.append(phase.name)
+        failpoints.reach(f"after:{phase.name}")
 
     stop_monitoring(run, influxdb)
+    failpoints.reach("after:monitoring-stopped")
     report(run)
+    failpoints.reach("after:report")
     return finish(run, failed, teardown)
 
 
@@ -122,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         spec = load_spec(args.spec)  # a bad spec stops here, before Prefect starts or anything is created
+        try:
+            failpoints.check(spec)
+        except ValueError as error:
+            raise RunConflict(str(error)) from None
         if args.run_id:
             check_run_id(spec.name, args.run_id, Path(args.runs_dir))
         path = swarm3k(spec_path=args.spec, run_id=args.run_id, new_run=args.new_run,

@@ -68,7 +68,7 @@ def open_run(
 
     record.ensure()
     attempts = record.meta().get("attempts", [])
-    attempts.append({"started_at": time.time(), "pid": os.getpid()})
+    attempts.append({"started_at": time.time(), "pid": os.getpid(), "found_status": record.meta().get("status")})
     record.update_meta(status="running", attempts=attempts)
     return record, spec
 

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from analysis.report import build_report
+from swarmlab import failpoints
 from tasks.common import RunHandle, artifact_key
 
 
@@ -14,6 +15,7 @@ def report(run: RunHandle) -> str:
     record = run.record
     meta = record.meta()
     markdown, summary = build_report(record.path, meta, record.phases(), record.read_json("inventory.json", {}))
+    failpoints.reach("during:report")
     path = record.path / "report.md"
     path.write_text(markdown)
     record.write_json("summary.json", summary)

@@ -6,6 +6,7 @@ import time
 
 from prefect import get_run_logger, task
 
+from swarmlab import failpoints
 from tasks.common import RunHandle, publish
 from tasks.monitoring import forget_credentials
 
@@ -15,6 +16,7 @@ def teardown_nodes(run: RunHandle) -> list[str]:
     """Destroy the run's nodes through the provider (by run tag, so a lost record does not matter)."""
     started = time.monotonic()
     removed = run.provider().teardown(run.run_id)
+    failpoints.reach("during:teardown")
     publish(run, "teardown", {"status": "completed", "seconds": round(time.monotonic() - started, 3),
                               "removed": removed}, f"{len(removed)} nodes removed")
     run.record.update_meta(status="torn_down", torn_down_at=time.time())
@@ -29,12 +31,16 @@ def finish(run: RunHandle, failed_phases: list[str], teardown: str | None) -> st
     meta = record.meta()
     attempts = meta.get("attempts", [{}])
     ok = not failed_phases
-    record.update_meta(status="completed" if ok else "failed", finished_at=time.time(),
+    policy = teardown or run.spec.teardown
+    remove = policy == "always" or (policy == "on_success" and ok)
+    # A run whose nodes are still to be removed stays resumable ("tearing_down"): killed during
+    # the teardown, the same command finishes it instead of starting a new run beside its nodes.
+    outcome = "completed" if ok else "failed"
+    record.update_meta(status="tearing_down" if remove else outcome, outcome=outcome, finished_at=time.time(),
                        elapsed_seconds=round(time.time() - attempts[0].get("started_at", time.time()), 1),
                        failed_phases=failed_phases)
-    policy = teardown or run.spec.teardown
     report = str(record.path / "report.md")
-    if policy == "always" or (policy == "on_success" and ok):
+    if remove:
         teardown_nodes(run)
     else:
         logger.info("nodes kept (teardown policy %s); remove them with: python -m flows.teardown --spec %s "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from swarmlab.doserver.testing import operator_key_fingerprint, test_config
 from swarmlab.lab.droplets import LabDropletBackend
 from swarmlab.spec import LabSettings
 from tests.conftest import PYTHON, REPO
+from tests.secret_scan import file_hits, prefect_database_files, process_hits
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -47,13 +49,23 @@ def test_flow_on_lab_backed_droplets(tmp_path):
             spec_file.write_text(yaml.safe_dump(spec))
             env = {**os.environ, "DIGITALOCEAN_END_POINT": server.end_point,
                    "DIGITALOCEAN_ACCESS_TOKEN": server.token}
-            result = subprocess.run(
-                [PYTHON, "-m", "flows.swarm3k", "--spec", str(spec_file), "--runs-dir", str(tmp_path / "runs")],
-                cwd=REPO, capture_output=True, text=True, timeout=900, env=env,
-            )
-            output = result.stdout + result.stderr
-            assert result.returncode == 0, output[-4000:]
+            log_path = tmp_path / "flow.log"
+            with log_path.open("w") as log:
+                flow = subprocess.Popen(
+                    [PYTHON, "-m", "flows.swarm3k", "--spec", str(spec_file), "--runs-dir", str(tmp_path / "runs")],
+                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+                )
+            # The process list (command lines, what `ps` shows) never carries the token while the run goes on.
+            token = server.token.encode()
+            deadline = time.monotonic() + 900
+            while flow.poll() is None:
+                assert process_hits([token], parts=("cmdline",)) == []
+                assert time.monotonic() < deadline, "the flow did not finish within 900s"
+                time.sleep(1)
+            output = log_path.read_text()
+            assert flow.returncode == 0, output[-4000:]
             assert server.token not in output
+            assert file_hits(prefect_database_files(), [token]) == []
 
             [run_dir] = list((tmp_path / "runs" / "dolab").iterdir())
             report = (run_dir / "report.md").read_text()

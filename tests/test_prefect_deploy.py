@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -24,31 +20,11 @@ import yaml
 from swarmlab.lab import Lab
 from swarmlab.spec import parse_spec
 from tests.conftest import REPO, lab_spec_data
+from tests.prefect_server import PREFECT, prefect_server
 
 pytestmark = pytest.mark.slow
 
-PREFECT = str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "prefect")
 POOL = "swarmlab"
-SERVER_START_SECONDS = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def prefect_env(home: Path, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        SWARMLAB_HOME=str(REPO),
-        PATH=f"{Path(PREFECT).parent}:{env.get('PATH', '/usr/bin:/bin')}",
-    )
-    return env
 
 
 def prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -60,34 +36,8 @@ def prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real ``prefect server start`` on 127.0.0.1; yields its environment for clients."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = prefect_env(home, port)
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            assert process.poll() is None, (home / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, f"server not healthy within {SERVER_START_SECONDS}s"
-            time.sleep(1)
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
         yield env
-    finally:
-        # The server's process group: uvicorn and the services it started.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import docker
 
+from swarmlab import failpoints
 from swarmlab.cluster import Cluster
 from swarmlab.metrics import MetricsStore
 from swarmlab.monitoring import grafana, services
@@ -92,6 +93,7 @@ def start_monitoring(cluster: Cluster, spec: MonitoringSpec, run_id: str, record
     definition = services.influxdb_service(spec, lab=lab, prefix=prefix, node_id=leader_id,
                                            published_port=HTTP_PORT, publish_mode="host")
     services.deploy_service(client, definition)
+    failpoints.reach("during:monitoring")
     url = f"http://{leader.address}:{HTTP_PORT}"
     store = MetricsStore.from_spec(spec.influxdb, host=leader.address, port=HTTP_PORT,
                                    username=credentials.influxdb_admin_user, password=credentials.influxdb_admin)

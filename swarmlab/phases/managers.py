@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from swarmlab import failpoints
 from swarmlab.cluster import Cluster
 from swarmlab.phases import PhaseFailed
 from swarmlab.spec import ManagersSpec
@@ -49,6 +50,7 @@ def init_managers(cluster: Cluster, spec: ManagersSpec) -> dict:
         initialised = True
         leader_node, leader_client = first, first_client
         log.info("managers: swarm initialised on %s (%s)", first.name, first.advertise_address)
+        failpoints.reach("during:managers")
 
     leader_client.swarm.reload()
     token = leader_client.swarm.attrs["JoinTokens"]["Manager"]

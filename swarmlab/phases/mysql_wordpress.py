@@ -33,6 +33,7 @@ from pathlib import Path
 import docker
 from docker.types import EndpointSpec, Healthcheck, RestartPolicy, SecretReference, ServiceMode
 
+from swarmlab import failpoints
 from swarmlab.cluster import Cluster
 from swarmlab.inventory import Node
 from swarmlab.phases import PhaseFailed, percentiles
@@ -182,6 +183,7 @@ def run_mysql_wordpress(cluster: Cluster, phase: MysqlWordpressPhase, run_id: st
         created = time.monotonic()
         node_count = len(cluster.inventory.nodes)
         create_services(client, phase, names, labels, secret_ids, publish_mode, node_count=node_count)
+        failpoints.reach(f"during:{phase.name}")
         log.info(
             "mysql_wordpress: services %s, %s (%d) and %s (%d) created on network %s; waiting up to %.0fs",
             names.etcd,

@@ -29,6 +29,7 @@ from pathlib import Path
 import docker
 from docker.types import ConfigReference, EndpointSpec, RestartPolicy, ServiceMode
 
+from swarmlab import failpoints
 from swarmlab.cluster import Cluster
 from swarmlab.inventory import Node
 from swarmlab.phases import PhaseFailed, percentiles
@@ -297,6 +298,7 @@ def run_nginx_mesh(cluster: Cluster, phase: NginxMeshPhase, run_id: str, data_di
     nodes = {node.name: NodeAnswers(node.name, node.address, attempt) for node in cluster.inventory.nodes}
     try:
         created = create_service(client, phase, mode, labels, attempt)
+        failpoints.reach(f"during:{phase.name}")
         log.info(
             "nginx_mesh: service %s created (%s mode, %s), waiting for %d nodes to answer on port %d",
             phase.name,

@@ -21,6 +21,7 @@ import paramiko
 import requests
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 
+from swarmlab import failpoints
 from swarmlab.cluster import Cluster, NoLeader
 from swarmlab.phases import PhaseFailed, percentiles
 from swarmlab.spec import ScalePhase
@@ -234,6 +235,7 @@ def run_scale(cluster: Cluster, phase: ScalePhase, run_id: str, data_dir: Path, 
         steps.append(step)
         samples.extend(step.samples)
         save_steps(steps_file, steps)
+        failpoints.reach(f"during:{phase.name}")
         running = step.running
         log.info(
             "scale: step %d/%d: %d/%d running in %.1fs, %.1f tasks/s (p50 %.1f, max %.1f), "

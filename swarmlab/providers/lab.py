@@ -8,7 +8,7 @@ from pathlib import Path
 
 from swarmlab.inventory import Inventory, node_name
 from swarmlab.lab import Lab, LabError, NodePlan
-from swarmlab.lab.images import ImageRecipe
+from swarmlab.lab.images import TINY, ImageRecipe
 from swarmlab.providers.base import ProvisionResult
 from swarmlab.spec import ExperimentSpec
 
@@ -64,8 +64,10 @@ class LabProvider:
         log.info("provision: %d nodes planned, %d running, %d to create", len(plans), len(existing), len(missing))
         if missing:
             self.lab.up(missing, run_id, self.spec.name, extra_images=self.extra_images)
-        if self.extra_images and existing:
-            self.lab.import_images(self.extra_images, sorted(existing))
+        if existing:
+            # A node that was up when an earlier attempt was killed may have missed an image import
+            # (imports run after boot); imports skip the images a node already has.
+            self.lab.import_images((TINY, *self.extra_images), sorted(existing))
         inventory = self.list_nodes(run_id)
         wanted = {p.name for p in plans}
         return ProvisionResult(
