@@ -72,16 +72,22 @@ def connect_params(node: Node, identity: Path, timeout: float) -> dict:
     }
 
 
-def connect(node: Node, identity: Path, timeout: float = 15.0) -> paramiko.SSHClient:
+def connect(node: Node, identity: Path, timeout: float = 15.0, pkey: paramiko.PKey | None = None) -> paramiko.SSHClient:
     """Connect to ``node`` as its SSH user with ``identity``, rejecting any unpinned host key.
+
+    ``pkey`` is ``identity`` already loaded; without it the key file is read and parsed again.
 
     Raises:
         HostKeyMismatch: the node's key differs from the pinned one.
         paramiko.SSHException, OSError: the connection or authentication failed.
     """
     client = new_client(node)
+    params = connect_params(node, identity, timeout)
+    if pkey is not None:
+        del params["key_filename"]
+        params["pkey"] = pkey
     try:
-        client.connect(**connect_params(node, identity, timeout))
+        client.connect(**params)
     except paramiko.BadHostKeyException as error:
         client.close()
         raise HostKeyMismatch(
@@ -159,6 +165,15 @@ class SSHPool:
         self._clients: dict[str, paramiko.SSHClient] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._pkey: paramiko.PKey | None = None
+
+    def _identity_key(self) -> paramiko.PKey:
+        # Parsed once per pool: paramiko otherwise reads the file and tries each key type on every
+        # connection, about 1 ms of CPU per node.
+        with self._guard:
+            if self._pkey is None:
+                self._pkey = paramiko.PKey.from_path(self.identity)
+            return self._pkey
 
     def client(self, node: Node) -> paramiko.SSHClient:
         with self._guard:
@@ -167,7 +182,7 @@ class SSHPool:
             client = self._clients.get(node.name)
             transport = client.get_transport() if client else None
             if transport is None or not transport.is_active():
-                client = connect(node, self.identity, self.connect_timeout)
+                client = connect(node, self.identity, self.connect_timeout, pkey=self._identity_key())
                 self._clients[node.name] = client
             return client
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from swarmlab import failpoints
 from swarmlab.inventory import Node
 from swarmlab.lab import images
 from swarmlab.lab.network import (
@@ -27,7 +28,9 @@ from swarmlab.lab.network import (
     list_iptables_rules,
     list_links,
     list_namespaces,
+    neighbour_table_needs,
     netns_pids,
+    read_sysctl,
     run,
 )
 from swarmlab.lab.node import LabNode, NodeState, cgroup_dirs, kill_cgroup_tree
@@ -151,6 +154,9 @@ class Lab:
                 f"lab {self.settings.prefix!r} is in use by run(s) {', '.join(sorted(others))}: resume that run "
                 "with `python -m flows.swarm3k --run-id ID`, or remove it with `python -m flows.teardown`"
             )
+        if engines:
+            # SSH-only hosts talk to the host alone, so they need no more than the default limits.
+            self.ensure_neighbour_table(len({s.name for s in self.states()} | {p.name for p in plans}))
         public_key = self.client_key.with_suffix(".pub").read_text()
         recipes: tuple[images.ImageRecipe, ...] = ()
         if engines:
@@ -169,6 +175,7 @@ class Lab:
             node.wait_ready(self.settings.node_boot_timeout)
             for recipe in recipes:
                 images.import_image(node.docker_socket, recipe, tars[recipe.reference])
+            failpoints.reach("during:provision")
             return state
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -210,6 +217,30 @@ class Lab:
         shutil.rmtree(folder, ignore_errors=True)
 
     # -- host-wide kernel settings --------------------------------------------------------
+
+    def ensure_neighbour_table(self, nodes: int) -> None:
+        """Raise the host's ARP table limits so that ``nodes`` nodes in one kernel can reach each other.
+
+        The original values come back when the last lab goes down, as for the tuning phase's.
+        """
+        needs = neighbour_table_needs(nodes)
+        original: dict[str, str] = {}
+        if self.host_sysctls_file.exists():
+            with _host_lock(self.host_sysctls_file):
+                original = _read_shared(self.host_sysctls_file)["original"]
+        # The needs are compared with the values from before any lab changed them. A lab that needs
+        # more registers as a user even when another lab raised the limits far enough already, so
+        # that the other lab's teardown does not restore them under this one.
+        if all(needs[key] <= int(original.get(key, read_sysctl(key))) for key in needs):
+            return
+        values = {key: str(max(needs[key], int(read_sysctl(key)))) for key in needs}
+        before = self.set_host_sysctls(values)
+        settings = ", ".join(f"{key.rsplit('.', 1)[1]}={value}" for key, value in values.items())
+        if all(before[key] == value for key, value in values.items()):
+            log.info("lab: %d nodes share the host's ARP table; keeping %s, set by an earlier lab", nodes, settings)
+        else:
+            log.info("lab: %d nodes share the host's ARP table; set %s (were %s)", nodes, settings,
+                     ", ".join(before[key] for key in values))
 
     @property
     def host_sysctls_file(self) -> Path:

@@ -124,6 +124,35 @@ class LabNetwork:
             run(["ip", "link", "del", self.bridge], check=False)
 
 
+ARP_THRESHOLD_KEY = "net.ipv4.neigh.default.gc_thresh{}"
+
+
+def neighbour_table_needs(nodes: int) -> dict[str, int]:
+    """Return the ARP table limits (gc_thresh2 and gc_thresh3) that ``nodes`` lab nodes need.
+
+    Every network namespace shares the kernel's one ARP table and its limits (512 and 1024 by
+    default), so a full mesh of N lab nodes needs about N*(N+1) entries where N droplets need N
+    each. Past the limit the kernel drops new entries ("neighbor table overflow") and
+    connections to nodes time out.
+    """
+    # NOTE: the entries in use count other labs' as they are now. When one of them grows later,
+    # it raises the limits again as it boots its nodes.
+    needed = nodes * (nodes + 1) + _arp_entries()
+    # Rounded up to whole thousands so that the values read well in the tuning record.
+    return {ARP_THRESHOLD_KEY.format(2): -(-needed // 1000) * 1000,
+            ARP_THRESHOLD_KEY.format(3): -(-2 * needed // 1000) * 1000}
+
+
+def read_sysctl(key: str) -> str:
+    return " ".join(Path("/proc/sys", *key.split(".")).read_text().split())
+
+
+def _arp_entries() -> int:
+    rows = Path("/proc/net/stat/arp_cache").read_text().split("\n")
+    header, first = rows[0].split(), rows[1].split()
+    return int(first[header.index("entries")], 16)
+
+
 def netns_pids(netns: str) -> list[int]:
     """PIDs of every process whose network namespace is ``netns``."""
     result = run(["ip", "netns", "pids", netns], check=False)

@@ -43,6 +43,9 @@ BOOT_SCRIPT = """\
 set -e
 mount -t tmpfs -o mode=0755 swarmlab-run /run
 mkdir -p /run/sshd /run/lock
+# The node gets its own, empty home for root. Otherwise the host's /root/.bashrc, which Debian's
+# bash reads for every command that sshd starts, runs on each command of each node.
+mount --bind {folder}/home /root
 hostname {name}
 ln -sf {folder}/dockerd.pid /run/docker.pid
 /usr/sbin/sshd -f {folder}/sshd_config -E {folder}/sshd.log
@@ -118,6 +121,7 @@ class LabNode:
         authorized.write_text(client_public_key.strip() + "\n")
         authorized.chmod(0o600)
         (self.folder / "daemon.json").write_text("{}\n")
+        (self.folder / "home").mkdir(mode=0o700, exist_ok=True)
         boot = BOOT_SCRIPT.format(name=self.name, folder=self.folder, cgroup_parent=self.cgroup_parent)
         if not engine:
             # An SSH-only host (fan-out benchmarks): everything before dockerd's start.
