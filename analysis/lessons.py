@@ -152,9 +152,14 @@ def worker_joins(phases: dict, cpu: CpuSummary) -> Lesson | None:
     not_ready = result.get("not_ready") or []
     rate = result.get("join_rate_per_second")
     ttr = result.get("time_to_ready_summary") or {}
-    rate_text = "n/a" if rate is None else f"{rate:.2f} nodes/s"
-    timing = (f"time to Ready p50 {ttr.get('p50') or 0:.1f} s, p90 {ttr.get('p90') or 0:.1f} s, "
-              f"max {ttr.get('max') or 0:.1f} s")
+    if rate is None:
+        # Nothing joined in this attempt: the joins happened in an attempt that was killed.
+        rate_text = "a rate not measured (joined before this attempt)"
+        timing = "time to Ready not measured"
+    else:
+        rate_text = f"{rate:.2f} nodes/s"
+        timing = (f"time to Ready p50 {ttr.get('p50') or 0:.1f} s, p90 {ttr.get('p90') or 0:.1f} s, "
+                  f"max {ttr.get('max') or 0:.1f} s")
     if failed or not_ready:
         examples = "; ".join(f"{node}: {error}" for node, error in list(failed.items())[:3])
         return Lesson(

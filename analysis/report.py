@@ -89,12 +89,17 @@ def build_report(run_dir: Path, meta: dict, phases: dict[str, dict], inventory: 
     if "workers" in phases:
         w = phases["workers"]
         ttr = w.get("time_to_ready_summary", {})
+        if w.get("join_rate_per_second") is None:
+            # No join in this phase's attempt: the workers joined in an attempt that was killed.
+            timing = "Join rate and time to Ready not measured: the workers had joined before this attempt."
+        else:
+            timing = (f"Join rate {w['join_rate_per_second']:.2f} nodes/s; time to Ready "
+                      f"p50 {ttr.get('p50') or 0:.1f} s, p90 {ttr.get('p90') or 0:.1f} s, "
+                      f"max {ttr.get('max') or 0:.1f} s.")
         out += ["## Workers", "",
                 f"{w['ready']}/{w['expected']} workers Ready, {len(w.get('failed', {}))} failed to join"
                 + (f", not Ready by the deadline: {', '.join(w['not_ready'])}" if w.get("not_ready") else "")
-                + f". Join rate {w.get('join_rate_per_second') or 0:.2f} nodes/s; time to Ready "
-                f"p50 {ttr.get('p50') or 0:.1f} s, p90 {ttr.get('p90') or 0:.1f} s, "
-                f"max {ttr.get('max') or 0:.1f} s.", ""]
+                + f". {timing}", ""]
         summary["phases"]["workers"] = {k: w.get(k) for k in ("ready", "expected", "join_rate_per_second")}
     if "tuning" in phases:
         out += tuning_section(phases["tuning"])

@@ -30,7 +30,7 @@ from prefect import runtime as prefect_runtime  # noqa: E402
 
 from swarmlab import failpoints  # noqa: E402
 from swarmlab.record import RUNS_ROOT  # noqa: E402
-from swarmlab.runs import RunConflict, open_run  # noqa: E402
+from swarmlab.runs import RunConflict, check_resumable, open_run  # noqa: E402
 from swarmlab.spec import DEFAULT_SPEC, SpecError, load_spec  # noqa: E402
 from tasks.common import RunHandle, register_result_storage  # noqa: E402
 from tasks.monitoring import monitoring, stop_monitoring  # noqa: E402
@@ -55,8 +55,10 @@ def start(spec_path: str, run_id: str | None, new_run: bool, runs_dir: str) -> R
     logger = get_run_logger()
     logger.info("run %s of %s: %d managers, %d workers, %d workload phases; record in %s",
                 run.run_id, spec.name, spec.managers.count, spec.workers.count, len(spec.phases), record.path)
-    logger.info("to resume after a failure: python -m flows.swarm3k --spec %s --run-id %s", spec_path, run.run_id)
-    logger.info("to tear down: python -m flows.teardown --spec %s --run-id %s", spec_path, run.run_id)
+    where = "" if Path(runs_dir).resolve() == Path(RUNS_ROOT).resolve() else f" --runs-dir {runs_dir}"
+    logger.info("to resume after a failure: python -m flows.swarm3k --spec %s --run-id %s%s",
+                spec_path, run.run_id, where)
+    logger.info("to tear down: python -m flows.teardown --spec %s --run-id %s%s", spec_path, run.run_id, where)
     return run
 
 
@@ -108,19 +110,6 @@ def swarm3k(spec_path: str = str(DEFAULT_SPEC), run_id: str | None = None, new_r
     return finish(run, failed, teardown)
 
 
-def check_run_id(experiment: str, run_id: str, runs_dir: Path) -> None:
-    """Reject a --run-id that names no resumable run, before Prefect starts."""
-    from swarmlab.record import RunRecord
-    from swarmlab.runs import FINISHED
-
-    record = RunRecord(experiment, run_id, runs_dir)
-    if not (record.path / "spec.yaml").exists():
-        raise RunConflict(f"run {run_id!r} of experiment {experiment!r} not found under {runs_dir}")
-    status = record.meta().get("status")
-    if status in FINISHED:
-        raise RunConflict(f"run {run_id} is {status.replace('_', ' ')}; start a new run with --new-run")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.swarm3k",
@@ -144,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             failpoints.check(spec)
         except ValueError as error:
             raise RunConflict(str(error)) from None
-        if args.run_id:
-            check_run_id(spec.name, args.run_id, Path(args.runs_dir))
+        check_resumable(args.spec, args.run_id, args.new_run, Path(args.runs_dir))
         path = swarm3k(spec_path=args.spec, run_id=args.run_id, new_run=args.new_run,
                        teardown=args.teardown, runs_dir=args.runs_dir)
     except (SpecError, RunConflict) as error:

@@ -54,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=str(RUNS_ROOT))
     args = parser.parse_args(argv)
     try:
-        load_spec(args.spec)
+        spec = load_spec(args.spec)
+        if args.run_id and not RunRecord(spec.name, args.run_id, Path(args.runs_dir)).path.exists():
+            # Removing the nodes without the record would leave the run "running": the next plain
+            # `flows.swarm3k` would resume it and create its nodes again.
+            print(f"error: no record of run {args.run_id} of {spec.name!r} under {args.runs_dir}; pass the "
+                  "--runs-dir the run used, or leave out --run-id to remove every node of the experiment",
+                  file=sys.stderr)
+            return 2
         teardown(spec_path=args.spec, run_id=args.run_id, runs_dir=args.runs_dir)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -56,14 +56,7 @@ def open_run(
                            status="running", started_at=time.time(), attempts=[])
         log.info("run %s: new run of %s", record.run_id, spec.name)
     else:
-        stored = load_spec(record.path / "spec.yaml")
-        if stored.digest() != spec.digest():
-            raise RunConflict(
-                f"run {record.run_id} started with another version of {spec_path.name} "
-                f"(spec {stored.digest()}, now {spec.digest()}): restore the spec to resume, or start "
-                "a new run with --new-run"
-            )
-        spec = stored
+        spec = check_same_spec(record, spec, spec_path)
         log.info("run %s: resuming (status %s)", record.run_id, record.meta().get("status"))
 
     record.ensure()
@@ -73,7 +66,42 @@ def open_run(
     return record, spec
 
 
-__all__ = ["open_run", "RunConflict", "SpecError"]
+__all__ = ["open_run", "check_resumable", "RunConflict", "SpecError"]
+
+
+def check_same_spec(record: RunRecord, spec: ExperimentSpec, spec_path: Path) -> ExperimentSpec:
+    """Return the spec `record` started with, if `spec` is the same experiment; else raise RunConflict."""
+    stored = load_spec(record.path / "spec.yaml")
+    if stored.digest() != spec.digest():
+        started_from = record.meta().get("spec_source", "its spec")
+        raise RunConflict(
+            f"run {record.run_id} of {spec.name!r} started from {started_from} (spec {stored.digest()}), and "
+            f"{spec_path} differs from it (spec {spec.digest()}): resume with the spec the run started with "
+            f"(a copy is {record.path / 'spec.yaml'}), or start a new run with --new-run"
+        )
+    return stored
+
+
+def check_resumable(spec_path: str | Path, run_id: str | None, new_run: bool, runs_root: Path) -> None:
+    """Raise RunConflict now for what `open_run` would refuse, so the refusal comes before Prefect starts.
+
+    Creates nothing.
+    """
+    if new_run:
+        return
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)
+    if run_id:
+        record = RunRecord(spec.name, run_id, runs_root)
+        if not (record.path / "spec.yaml").exists():
+            raise RunConflict(f"run {run_id!r} of experiment {spec.name!r} not found under {runs_root}")
+        status = record.meta().get("status")
+        if status in FINISHED:
+            raise RunConflict(f"run {run_id} is {status.replace('_', ' ')}; start a new run with --new-run")
+    else:
+        record = find_resumable(spec.name, runs_root)
+    if record is not None:
+        check_same_spec(record, spec, spec_path)
 
 
 def mark_abandoned(record: RunRecord, reason: str) -> None:

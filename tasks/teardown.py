@@ -44,7 +44,7 @@ def finish(run: RunHandle, failed_phases: list[str], teardown: str | None) -> st
         teardown_nodes(run)
     else:
         logger.info("nodes kept (teardown policy %s); remove them with: python -m flows.teardown --spec %s "
-                    "--run-id %s", policy, record.path / "spec.yaml", run.run_id)
+                    "--run-id %s --runs-dir %s", policy, record.path / "spec.yaml", run.run_id, run.runs_root)
     if not ok:
         raise RuntimeError(f"phases failed: {', '.join(failed_phases)}; report: {report}")
     logger.info("report: %s", report)

@@ -138,6 +138,9 @@ CASES = [
     ("worker_joins", failed_joins, {}, {}, True, "2 of 4 workers did not join"),
     ("worker_joins", drop("workers"), {}, {}, None, None),
     ("worker_joins", set_path("workers", "expected", 1), {}, {}, True, "The only worker joined"),
+    # Resumed after a kill: the joins happened in the killed attempt, so there is no rate to show.
+    ("worker_joins", set_path("workers", "join_rate_per_second", None), {}, {}, True,
+     "All 4 workers joined, at a rate not measured (joined before this attempt)"),
     ("arp_overflow", unchanged, {}, {}, False, "No ARP neighbour-table overflow"),
     ("arp_overflow", overflow_before, {}, {}, True, "overflowed on 1 kernel"),
     ("arp_overflow", node_overflow, {}, {}, True, "overflowed on 1 kernel"),
@@ -237,3 +240,13 @@ def test_report_puts_lessons_near_top(tmp_path):
     for lesson in summary["lessons"]:
         if lesson["plot"]:
             assert (tmp_path / lesson["plot"]).is_file(), lesson["plot"]
+
+
+def test_report_workers_joined_in_a_killed_attempt(tmp_path):
+    """A resumed workers phase joined nobody: the report says the rate was not measured, not 0.00."""
+    phases = copy.deepcopy(REAL_PHASES)
+    phases["workers"].update(join_rate_per_second=None, time_to_ready_summary={})
+    meta = {"experiment": "lab", "run_id": "r1", "provider": "lab", "elapsed_seconds": 97.4}
+    markdown, _ = build_report(tmp_path, meta, phases, {"nodes": []})
+    assert "Join rate and time to Ready not measured: the workers had joined before this attempt." in markdown
+    assert "Join rate 0.00" not in markdown
