@@ -16,7 +16,7 @@ What runs for real:
   idle profile, the scale phase with its profile, the report and the teardown, each phase's own
   code included.
 
-What is replaced, in this process only, by in-process fakes that answer at once and count calls:
+What is replaced, in this process only, by in-process fakes that return at once and count calls:
 
 - the SSH layer: ``SSHPool.run``, so ``SSHPool.run_many``'s fan-out still runs. The fake runs
   the tuning script's commands (echo, grep, printf into /proc/sys) and the dockerd CPU sample

@@ -1,9 +1,9 @@
 """Failpoints: named places where a run can be frozen on purpose, to test kill -9 and resume.
 
 Set ``SWARMLAB_FAILPOINT`` to one point name, for example ``after:managers`` or ``during:scale``,
-and the process that reaches that point logs one line and stops itself with SIGSTOP. Whoever
-started it (a test, or an engineer at a shell) then kills it with SIGKILL, exactly as a crash
-or an OOM kill would, and runs the same command again to check that the run resumes.
+and the process that reaches that point logs one line and stops itself with SIGSTOP. The caller
+that started it (a test, or an engineer at a shell) then kills it with SIGKILL, as a crash or an
+OOM kill would, and runs the same command again to check that the run resumes.
 
 Stopping instead of killing keeps the kill itself outside the process, and makes the place
 deterministic: the process is frozen at the point, not some time after it. With the variable

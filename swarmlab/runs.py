@@ -36,13 +36,7 @@ def open_run(
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     if run_id:
-        record = RunRecord(spec.name, run_id, runs_root)
-        if not (record.path / "spec.yaml").exists():
-            raise RunConflict(f"run {run_id!r} of experiment {spec.name!r} not found under {runs_root}")
-        status = record.meta().get("status")
-        if status in FINISHED:
-            raise RunConflict(f"run {run_id} is {status.replace('_', ' ')}; its record stays as it is. "
-                              "Start a new run with --new-run")
+        record = named_run(spec, run_id, runs_root)
     elif not new_run:
         record = find_resumable(spec.name, runs_root)
     else:
@@ -69,6 +63,18 @@ def open_run(
 __all__ = ["open_run", "check_resumable", "RunConflict", "SpecError"]
 
 
+def named_run(spec: ExperimentSpec, run_id: str, runs_root: Path) -> RunRecord:
+    """Return the record of `run_id`, or raise RunConflict if it is missing or the run has finished."""
+    record = RunRecord(spec.name, run_id, runs_root)
+    if not (record.path / "spec.yaml").exists():
+        raise RunConflict(f"run {run_id!r} of experiment {spec.name!r} not found under {runs_root}")
+    status = record.meta().get("status")
+    if status in FINISHED:
+        raise RunConflict(f"run {run_id} is {status.replace('_', ' ')}; its record stays as it is. "
+                          "Start a new run with --new-run")
+    return record
+
+
 def check_same_spec(record: RunRecord, spec: ExperimentSpec, spec_path: Path) -> ExperimentSpec:
     """Return the spec `record` started with, if `spec` is the same experiment; else raise RunConflict."""
     stored = load_spec(record.path / "spec.yaml")
@@ -83,7 +89,7 @@ def check_same_spec(record: RunRecord, spec: ExperimentSpec, spec_path: Path) ->
 
 
 def check_resumable(spec_path: str | Path, run_id: str | None, new_run: bool, runs_root: Path) -> None:
-    """Raise RunConflict now for what `open_run` would refuse, so the refusal comes before Prefect starts.
+    """Raise RunConflict for what `open_run` would reject, so that the error comes before Prefect starts.
 
     Creates nothing.
     """
@@ -91,15 +97,7 @@ def check_resumable(spec_path: str | Path, run_id: str | None, new_run: bool, ru
         return
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
-    if run_id:
-        record = RunRecord(spec.name, run_id, runs_root)
-        if not (record.path / "spec.yaml").exists():
-            raise RunConflict(f"run {run_id!r} of experiment {spec.name!r} not found under {runs_root}")
-        status = record.meta().get("status")
-        if status in FINISHED:
-            raise RunConflict(f"run {run_id} is {status.replace('_', ' ')}; start a new run with --new-run")
-    else:
-        record = find_resumable(spec.name, runs_root)
+    record = named_run(spec, run_id, runs_root) if run_id else find_resumable(spec.name, runs_root)
     if record is not None:
         check_same_spec(record, spec, spec_path)
 

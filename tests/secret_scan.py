@@ -17,7 +17,7 @@ PAGE = 200
 
 
 def process_hits(needles: list[bytes], parts: tuple[str, ...] = ("cmdline", "environ")) -> list[str]:
-    """Processes on this host whose command line (what ``ps`` shows) or environment contains a needle."""
+    """Return the processes on this host whose command line (what ``ps`` shows) or environment contains a needle."""
     hits = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -35,10 +35,15 @@ def process_hits(needles: list[bytes], parts: tuple[str, ...] = ("cmdline", "env
 
 
 def file_hits(paths: list[Path], needles: list[bytes]) -> list[str]:
-    """Files under `paths` (folders are walked) whose bytes contain a needle."""
+    """Return the files under `paths` (folders are walked) whose bytes contain a needle."""
     hits = []
     for root in paths:
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+        if root.is_file():
+            files = [root]
+        elif root.exists():
+            files = [path for path in root.rglob("*") if path.is_file()]
+        else:
+            files = []
         for path in files:
             try:
                 data = path.read_bytes()
@@ -49,7 +54,7 @@ def file_hits(paths: list[Path], needles: list[bytes]) -> list[str]:
 
 
 def prefect_hits(api_url: str, needles: list[bytes]) -> list[str]:
-    """Logs, artifacts, flow and task runs on the Prefect server at `api_url` that contain a needle."""
+    """Return the logs, artifacts, flow runs and task runs on the Prefect server at `api_url` that contain a needle."""
     hits = []
     with httpx.Client(base_url=api_url, timeout=60) as client:
         for kind in ("logs", "artifacts", "flow_runs", "task_runs"):
@@ -68,7 +73,7 @@ def prefect_hits(api_url: str, needles: list[bytes]) -> list[str]:
 
 
 def block_secret(api_url: str, name: str) -> dict | None:
-    """The value of the Secret block `name`, decrypted by the server, or None if there is none."""
+    """Return the value of the Secret block `name`, decrypted by the server, or None if it does not exist."""
     response = httpx.post(f"{api_url}/block_documents/filter", timeout=60, json={
         "block_documents": {"name": {"any_": [name]}}, "include_secrets": True, "limit": 1})
     response.raise_for_status()
@@ -80,7 +85,7 @@ def block_secret(api_url: str, name: str) -> dict | None:
 
 
 def prefect_database_files() -> list[Path]:
-    """The SQLite files of the Prefect database this process's settings point at."""
+    """Return the SQLite files of the Prefect database that this process's settings point at."""
     from prefect.settings import get_current_settings
 
     home = Path(get_current_settings().home)

@@ -242,8 +242,8 @@ def test_report_puts_lessons_near_top(tmp_path):
             assert (tmp_path / lesson["plot"]).is_file(), lesson["plot"]
 
 
-def test_report_workers_joined_in_a_killed_attempt(tmp_path):
-    """A resumed workers phase joined nobody: the report says the rate was not measured, not 0.00."""
+def test_report_workers_resumed_join(tmp_path):
+    """A resumed workers phase with no join: the report says the rate was not measured, not 0.00."""
     phases = copy.deepcopy(REAL_PHASES)
     phases["workers"].update(join_rate_per_second=None, time_to_ready_summary={})
     meta = {"experiment": "lab", "run_id": "r1", "provider": "lab", "elapsed_seconds": 97.4}

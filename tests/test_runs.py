@@ -1,4 +1,4 @@
-"""Which run a command resumes, and what it refuses before Prefect starts or anything is created."""
+"""Which run a command resumes, and what it rejects before Prefect starts or anything is created."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def started(tmp_path):
     return record, spec_file
 
 
-def test_changed_spec_names_the_file_the_run_started_from(started, tmp_path):
+def test_changed_spec_names_source(started, tmp_path):
     record, first = started
     changed = write_spec(tmp_path / "second.yaml", workers=3)
     with pytest.raises(RunConflict) as caught:
@@ -36,22 +36,22 @@ def test_changed_spec_names_the_file_the_run_started_from(started, tmp_path):
     assert str(record.path / "spec.yaml") in message
 
 
-def test_same_spec_or_new_run_passes(started, tmp_path):
+def test_same_spec_or_new_run(started, tmp_path):
     _, first = started
     check_resumable(first, None, False, tmp_path / "runs")
     check_resumable(write_spec(tmp_path / "other.yaml", workers=3), None, True, tmp_path / "runs")
 
 
-def test_unknown_and_finished_run_ids(started, tmp_path):
+def test_unknown_and_finished_ids(started, tmp_path):
     record, first = started
     with pytest.raises(RunConflict, match="not found under"):
         check_resumable(first, "20990101T000000Z-0000", False, tmp_path / "runs")
     record.update_meta(status="torn_down")
-    with pytest.raises(RunConflict, match="is torn down; start a new run with --new-run"):
+    with pytest.raises(RunConflict, match="is torn down; its record stays as it is"):
         check_resumable(first, record.run_id, False, tmp_path / "runs")
 
 
-def test_cli_refuses_changed_spec_in_one_line(started, tmp_path):
+def test_cli_changed_spec_one_line(started, tmp_path):
     changed = write_spec(tmp_path / "second.yaml", workers=3)
     done = subprocess.run([PYTHON, "-m", "flows.swarm3k", "--spec", str(changed), "--runs-dir",
                            str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -61,7 +61,7 @@ def test_cli_refuses_changed_spec_in_one_line(started, tmp_path):
     assert len(list((tmp_path / "runs" / "tswz").iterdir())) == 1  # no second run folder
 
 
-def test_teardown_refuses_a_run_id_without_its_record(tmp_path):
+def test_teardown_missing_record(tmp_path):
     spec_file = write_spec(tmp_path / "spec.yaml")
     done = subprocess.run([PYTHON, "-m", "flows.teardown", "--spec", str(spec_file), "--run-id",
                            "20990101T000000Z-0000", "--runs-dir", str(tmp_path / "runs")], cwd=REPO,

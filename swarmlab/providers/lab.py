@@ -65,8 +65,8 @@ class LabProvider:
         if missing:
             self.lab.up(missing, run_id, self.spec.name, extra_images=self.extra_images)
         if existing:
-            # A node that was up when an earlier attempt was killed may have missed an image import
-            # (imports run after boot); imports skip the images a node already has.
+            # Imports run after boot, so a node that was up when an earlier attempt was killed may
+            # lack an image. An import skips the images a node already has.
             self.lab.import_images((TINY, *self.extra_images), sorted(existing))
         inventory = self.list_nodes(run_id)
         wanted = {p.name for p in plans}
